@@ -1,0 +1,1 @@
+"""Disk only: the verified, content-addressed media cache."""

@@ -1,0 +1,1 @@
+"""pygame only: the window, the zones (header, main, ticker), text, images and the splash."""

@@ -1,0 +1,270 @@
+"""The composition root: builds every part, wires them, runs the display loop, stops cleanly.
+
+Threads: "MainThread" owns pygame and the player; "file-source" watches the content folder;
+"control-socket" answers technicians; "slide-prep" decodes images ahead of their turn. They talk
+to the display thread through one queue of work items, which also wakes it at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import logging
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pygame
+
+from agent import __version__
+from agent.cache.store import MediaStore
+from agent.clock import Clock
+from agent.config import Config
+from agent.content import Content
+from agent.control import Actions, Dispatcher
+from agent.ctlsocket import ControlServer
+from agent.display.renderer import DisplaySettings, Renderer
+from agent.health import Problems
+from agent.manifest import load_trusted_keys
+from agent.outbox import Outbox
+from agent.player import Player
+from agent.sync.filesource import FileSource
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 5.0
+MAX_IDLE_WAIT_S = 0.5  # window events (close button) and the 1 s emergency rule need a pulse
+
+
+@dataclass
+class _Work:
+    run: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+
+
+class Agent:
+    """One running board."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_mono = time.monotonic()
+        storage = Path(config.storage.dir)
+        self.storage = storage
+        self.stop = threading.Event()
+        self.restart_requested = False
+        self.problems = Problems()
+        self.clock = Clock()
+        self.store = MediaStore(storage / "media")
+        self.content = Content(
+            storage, self.store, self.problems,
+            keys=load_trusted_keys(config.security.manifest_keys),
+            device_id=config.device.id, groups=config.device.groups,
+        )
+        self.outbox = Outbox(storage / "outbox.sqlite")
+        self.player = Player(self.content, self.outbox, self.problems)
+        self.renderer = Renderer(
+            DisplaySettings(
+                width=config.display.width, height=config.display.height, fullscreen=config.display.fullscreen,
+                fps=config.display.fps, crossfade_ms=config.display.crossfade_ms,
+                splash_title=config.display.splash_title, device_id=config.device.id,
+            ),
+            self.store,
+        )
+        self._inbox: queue.Queue[_Work | None] = queue.Queue()
+        self.source = self._make_source()
+        self.dispatcher = Dispatcher(Actions(
+            post=self.post,
+            status=self.status,
+            add_alert=self.player.add_alert,
+            clear_alerts=lambda alert_id: self.player.clear_alerts(alert_id, self.clock.now(), time.monotonic()),
+            set_screen_mode=lambda mode: self.player.set_screen_mode(mode),  # type: ignore[arg-type]
+            screenshot_png=self.renderer.screenshot_png,
+            sync=self.request_sync,
+            restart=self.request_restart,
+            now=self.clock.now,
+        ))
+        self.control = ControlServer(Path(config.control.socket), self.dispatcher.handle, self.stop)
+
+    def _make_source(self) -> FileSource | None:
+        url = urlsplit(self.config.source.url)
+        if url.scheme == "file":
+            return FileSource(Path(unquote(url.path)), self.content, self.store, self.problems, self.stop, self.wake)
+        self.problems.report(
+            "source", f"source {self.config.source.url}: HTTP(S) sources are not supported by this version; "
+            "playing the stored content")
+        return None
+
+    # --- cross-thread entry points ---------------------------------------------------------------
+
+    def post(self, work: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run `work` on the display thread at its next turn (at once: the put wakes it)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.put(_Work(work, future))
+        return future
+
+    def wake(self) -> None:
+        self._inbox.put(None)
+
+    def request_sync(self) -> None:
+        if self.source is not None:
+            self.source.request_sync()
+
+    def request_restart(self) -> None:
+        self.restart_requested = True
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake()
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Heartbeat fields (§6) available at this stage, plus local details. Display thread."""
+        snapshot = self.content.snapshot()
+        manifest = snapshot.manifest
+        wanted = {m.sha256: m.size for m in manifest.media} if manifest else {}
+        missing = [sha for sha in wanted if sha not in snapshot.verified_sha256]
+        cache_bytes = sum(size for sha, size in wanted.items() if sha in snapshot.verified_sha256)
+        first = self.renderer.first_frame_mono
+        return {
+            "device": self.config.device.id,
+            "sent_at": self.clock.now().isoformat(timespec="seconds"),
+            "agent_version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono),
+            "manifest_serial": manifest.serial if manifest else None,
+            **self.player.status(),
+            "cache": {"bytes_used": cache_bytes, "bytes_limit": self.config.storage.cache_max_mb * 1024 * 1024,
+                      "media_missing": len(missing)},
+            "disk_free_bytes": shutil.disk_usage(self.storage).free,
+            "outbox_pending": self.outbox.pending(),
+            "last_sync_ok_at": _iso(self.source.last_sync_ok_at) if self.source else None,
+            "clock_offset_s": round(self.clock.offset_s, 3),
+            "errors": self.problems.current(),
+            "source": self.config.source.url,
+            "alerts": [{"id": a.id, "title": a.title, "until": a.until.isoformat()} for a in self.player.active_alerts()],
+            "display": {
+                "driver": pygame.display.get_driver() if pygame.display.get_init() else None,
+                "size": list(self.renderer.size),
+                "frames": self.renderer.frames,
+                "first_frame_s": round(first - self.started_mono, 3) if first is not None else None,
+            },
+        }
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Play until SIGTERM/SIGINT or a window close; 0 after a clean stop."""
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+        self.outbox.open()
+        self.control.open()
+        previous_handlers = self._install_signals()
+        started: list[Any] = []
+        try:
+            self.renderer.open()
+            # A first frame before anything slow: the splash, never a dark screen.
+            self._step()
+            self.content.restore()
+            if self.content.current() is None and self.source is None:
+                log.warning("no stored manifest and no usable source: showing the splash")
+            if not self.config.security.manifest_keys:
+                log.warning("no security.manifest_keys configured: unsigned manifests are accepted (development only)")
+            self.control.start()
+            started.append(self.control)
+            if self.source is not None:
+                self.source.start()
+                started.append(self.source)
+            self._loop()
+        finally:
+            self.player.shutdown(self.clock.now(), time.monotonic())
+            self.stop.set()
+            for part in reversed(started):
+                part.join(JOIN_TIMEOUT_S)
+                if part.is_alive():
+                    log.error("bug: thread of %s still alive at exit", type(part).__name__)
+            self._fail_pending_work()
+            self.renderer.close()
+            self.outbox.close()
+            self._restore_signals(previous_handlers)
+        log.info("stopped cleanly%s", " (restart requested)" if self.restart_requested else "")
+        return 0
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            deadline = self._step()
+            timeout = max(0.0, min(deadline - time.monotonic(), MAX_IDLE_WAIT_S))
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            self._run_work(item)
+            while True:  # drain what else arrived, then draw once
+                try:
+                    self._run_work(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+
+    def _run_work(self, item: _Work | None) -> None:
+        if item is None:
+            return
+        try:
+            item.future.set_result(item.run())
+        except Exception as exc:  # noqa: BLE001 — the caller gets the error; the board plays on
+            item.future.set_exception(exc)
+
+    def _step(self) -> float:
+        """Decide and draw once; returns the monotonic time of the next change."""
+        for event in pygame.event.get():
+            if event.type == pygame.QUIT or (event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE
+                                             and not self.config.display.fullscreen):
+                self.request_stop()
+        for _ in range(8):  # items that fail to load are skipped at once, a few per step at most
+            now, mono = self.clock.now(), time.monotonic()
+            scene = self.player.update(now, mono)
+            frame = self.renderer.render(scene, now, mono)
+            if frame.failed_showing is None:
+                break
+            self.player.item_failed(frame.failed_showing, frame.failure, now, mono)
+        ends = self.player.ends_at()
+        return min(frame.next_change, ends if ends is not None else frame.next_change)
+
+    def _fail_pending_work(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.future.set_exception(RuntimeError("the agent is stopping"))
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: self.request_stop())
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _iso(unix_time: float | None) -> str | None:
+    if unix_time is None:
+        return None
+    return dt.datetime.fromtimestamp(unix_time, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run(config: Config) -> int:
+    """Build the agent from a validated config and play until stopped."""
+    log.info("bangtin-agent %s starting as %s (pid %d)", __version__, config.device.id, os.getpid())
+    return Agent(config).run()

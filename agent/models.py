@@ -1,0 +1,190 @@
+"""Frozen value types shared by every part of the agent.
+
+Data from outside (manifest bytes, YAML, control commands) is validated once at the edge into
+these types; code inside trusts them. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+PRIORITIES: tuple[str, ...] = ("normal", "high", "emergency")
+"""Priority classes, lowest first (thông thường / ưu tiên / khẩn cấp)."""
+
+Priority = Literal["normal", "high", "emergency"]
+ItemType = Literal["image", "video", "text"]
+
+
+def priority_rank(priority: str) -> int:
+    """0 for normal, 1 for high, 2 for emergency."""
+    return PRIORITIES.index(priority)
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """A local wall-clock window in minutes after midnight; end <= start wraps past midnight."""
+
+    start_min: int
+    end_min: int
+
+    @property
+    def wraps(self) -> bool:
+        return self.end_min <= self.start_min
+
+
+@dataclass(frozen=True)
+class When:
+    """When an item or ticker line may play. Every part absent means always."""
+
+    from_: dt.datetime | None = None
+    until: dt.datetime | None = None
+    days: frozenset[int] | None = None  # ISO weekdays, 1 = Monday
+    times: tuple[TimeWindow, ...] | None = None
+
+
+ALWAYS = When()
+
+
+@dataclass(frozen=True)
+class Media:
+    id: str
+    url: str
+    sha256: str
+    size: int
+    type: str
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    type: ItemType
+    duration_s: float | None  # None only for video: its own length
+    priority: Priority = "normal"
+    when: When = ALWAYS
+    media: str | None = None  # a Media.id, for image and video
+    title: str = ""
+    body: str = ""
+
+
+@dataclass(frozen=True)
+class TickerLine:
+    id: str
+    text: str
+    priority: Priority = "normal"
+    when: When = ALWAYS
+
+
+@dataclass(frozen=True)
+class Theme:
+    background: tuple[int, int, int] = (0x0B, 0x3D, 0x91)
+    foreground: tuple[int, int, int] = (0xFF, 0xFF, 0xFF)
+    accent: tuple[int, int, int] = (0xFF, 0xD2, 0x00)
+
+
+@dataclass(frozen=True)
+class Layout:
+    title: str = ""
+    logo: str | None = None  # a Media.id
+    clock: bool = True
+    ticker_speed_px_s: float = 120.0
+    theme: Theme = field(default_factory=Theme)
+    rotation: int = 0  # degrees clockwise: 0, 90, 180, 270
+
+
+@dataclass(frozen=True)
+class Manifest:
+    serial: int
+    issued_at: dt.datetime
+    timezone: str
+    layout: Layout
+    media: tuple[Media, ...]
+    items: tuple[Item, ...]
+    ticker: tuple[TickerLine, ...]
+    screen_on: tuple[TimeWindow, ...] | None  # None = always on
+    default_item: str | None
+    audience: tuple[str, ...] | None = None
+    signed_by: str | None = None  # keyid of the key that verified it; None for a bare manifest
+
+    def media_by_id(self, media_id: str | None) -> Media | None:
+        for media in self.media:
+            if media.id == media_id:
+                return media
+        return None
+
+    def item_by_id(self, item_id: str | None) -> Item | None:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        return None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An emergency message over everything until `until` or cleared."""
+
+    id: str
+    title: str
+    body: str
+    until: dt.datetime
+
+
+ScreenMode = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class PlayRecord:
+    """One showing (PROTOCOL.md §5)."""
+
+    id: str
+    item: str
+    type: str
+    title: str
+    media_sha256: str | None
+    manifest_serial: int | None
+    priority: str
+    started_at: str
+    ended_at: str
+    duration_ms: int
+    completed: bool
+    reason: str | None
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "item": self.item,
+            "type": self.type,
+            "title": self.title,
+            "media_sha256": self.media_sha256,
+            "manifest_serial": self.manifest_serial,
+            "priority": self.priority,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "completed": self.completed,
+            "reason": self.reason,
+        }
+
+
+SceneMode = Literal["splash", "item", "alert", "off"]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the display should show now, decided by the player."""
+
+    mode: SceneMode
+    manifest: Manifest | None = None
+    item: Item | None = None
+    alert: Alert | None = None
+    ticker_text: str = ""
+    upcoming: Item | None = None  # the item likely next, to prepare ahead of its turn
+    showing_id: str | None = None  # changes with every new showing, even of the same item
+
+
+class MediaSource(Protocol):
+    """Where the display finds verified media bytes (implemented by the cache)."""
+
+    def path_for(self, sha256: str) -> str | None:
+        """The local path of a verified file, or None when it is not (yet) verified."""

@@ -1,0 +1,251 @@
+"""The playback state machine: which showing is on, when it ends, and its proof of play.
+
+Driven by the display loop: `update(now, mono)` applies the schedule's choice and returns the
+Scene to draw. Pure of I/O except the outbox, which receives one PlayRecord per showing when the
+showing ends (completed or cut short: preempted, error, screen_off, shutdown, manifest_changed).
+Every call happens on the display thread; the control dispatcher posts its changes there too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent import schedule
+from agent.content import Snapshot
+from agent.health import Problems
+from agent.ids import new_ulid
+from agent.models import Alert, Item, Manifest, PlayRecord, Scene, ScreenMode
+
+log = logging.getLogger(__name__)
+
+RETRY_FAILED_ITEM_S = 300.0  # an item that failed to load is skipped this long, then tried again
+
+
+class SnapshotSource(Protocol):
+    def snapshot(self) -> Snapshot: ...
+
+
+class RecordSink(Protocol):
+    def add(self, records: Iterable[PlayRecord]) -> None: ...
+
+
+@dataclass
+class Showing:
+    id: str
+    started_at: dt.datetime
+    started_mono: float
+    manifest: Manifest | None
+    item: Item | None = None
+    alert: Alert | None = None
+
+    @property
+    def key(self) -> str:
+        return self.alert.id if self.alert is not None else self.item.id if self.item is not None else ""
+
+
+def format_time(instant: dt.datetime, tz: dt.tzinfo) -> str:
+    """RFC 3339 with milliseconds in the manifest's zone, like the §5 example."""
+    return instant.astimezone(tz).isoformat(timespec="milliseconds")
+
+
+class Player:
+    def __init__(self, content: SnapshotSource, outbox: RecordSink, problems: Problems) -> None:
+        self._content = content
+        self._outbox = outbox
+        self._problems = problems
+        self._alerts: list[Alert] = []
+        self._screen_mode: ScreenMode = "auto"
+        self._showing: Showing | None = None
+        self._last_item_id: str | None = None
+        self._retry_after: dict[str, float] = {}
+        self._screen_on = True
+        self._upcoming: Item | None = None
+
+    # --- commands (display thread) ---------------------------------------------------------
+
+    def add_alert(self, alert: Alert) -> None:
+        self._alerts = [a for a in self._alerts if a.id != alert.id] + [alert]
+        log.info("alert %s on screen until %s: %s", alert.id, alert.until.isoformat(), alert.title)
+
+    def clear_alerts(self, alert_id: str | None, now: dt.datetime, mono: float) -> int:
+        """End one alert (by id) or all; returns how many ended."""
+        ending = [a for a in self._alerts if alert_id is None or a.id == alert_id]
+        self._alerts = [a for a in self._alerts if a not in ending]
+        showing = self._showing
+        if showing is not None and showing.alert is not None and showing.alert in ending:
+            self._end(now, mono, completed=True, reason=None)
+        return len(ending)
+
+    def set_screen_mode(self, mode: ScreenMode) -> None:
+        if mode != self._screen_mode:
+            log.info("screen mode: %s", mode)
+        self._screen_mode = mode
+
+    def item_failed(self, showing_id: str, message: str, now: dt.datetime, mono: float) -> None:
+        """The display could not load the item of this showing: skip it, report, retry later."""
+        showing = self._showing
+        if showing is None or showing.id != showing_id or showing.item is None:
+            return
+        item = showing.item
+        self._retry_after[item.id] = mono + RETRY_FAILED_ITEM_S
+        self._problems.report(f"item:{item.id}", f"item {item.id} failed to load: {message}")
+        self._end(now, mono, completed=False, reason="error")
+
+    def shutdown(self, now: dt.datetime, mono: float) -> None:
+        self._end(now, mono, completed=False, reason="shutdown")
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def screen_mode(self) -> ScreenMode:
+        return self._screen_mode
+
+    def status(self) -> dict[str, object]:
+        showing = self._showing
+        return {
+            "current_item": showing.key if showing is not None else None,
+            "screen_on": self._screen_on,
+            "screen_mode": self._screen_mode,
+            "alert_active": showing is not None and showing.alert is not None,
+        }
+
+    def ends_at(self) -> float | None:
+        """Monotonic time the current showing is due to end (None: open-ended)."""
+        showing = self._showing
+        if showing is None:
+            return None
+        if showing.item is not None and showing.item.duration_s is not None:
+            return showing.started_mono + showing.item.duration_s
+        return None
+
+    def active_alerts(self) -> list[Alert]:
+        return list(self._alerts)
+
+    # --- the decision ------------------------------------------------------------------------
+
+    def update(self, now: dt.datetime, mono: float) -> Scene:
+        snapshot = self._content.snapshot()
+        self._expire_alerts(now, mono)
+        unplayable = {item_id for item_id, until in self._retry_after.items() if until > mono}
+        for item_id in [i for i, until in self._retry_after.items() if until <= mono]:
+            del self._retry_after[item_id]
+            self._problems.resolve(f"item:{item_id}")
+        choice = schedule.choose(
+            snapshot.manifest, snapshot.verified_sha256, now,
+            last_item_id=self._last_item_id, unplayable=unplayable,
+            alerts=self._alerts, screen_mode=self._screen_mode,
+        )
+        self._screen_on = choice.screen_on
+        self._settle_current(snapshot, choice, now, mono)
+        if self._showing is None:
+            if choice.alert is not None:
+                self._start(now, mono, snapshot.manifest, alert=choice.alert)
+            elif choice.screen_on and choice.item is not None:
+                self._start(now, mono, snapshot.manifest, item=choice.item)
+                # With the new item on, the rule names the one after it: prepare that ahead.
+                choice = schedule.choose(
+                    snapshot.manifest, snapshot.verified_sha256, now,
+                    last_item_id=self._last_item_id, unplayable=unplayable,
+                    alerts=self._alerts, screen_mode=self._screen_mode,
+                )
+        return self._scene(snapshot.manifest, choice, now)
+
+    def _settle_current(self, snapshot: Snapshot, choice: schedule.Choice, now: dt.datetime, mono: float) -> None:
+        """End the current showing if the choice, the manifest or its duration says so."""
+        showing = self._showing
+        if showing is None:
+            return
+        if choice.alert is not None:
+            if showing.alert is None or showing.alert.id != choice.alert.id:
+                self._end(now, mono, completed=False, reason="preempted")
+            return
+        if showing.alert is not None:
+            # An alert no longer chosen was cleared or expired: both end it as intended.
+            self._end(now, mono, completed=True, reason=None)
+            return
+        if not choice.screen_on:
+            self._end(now, mono, completed=False, reason="screen_off")
+            return
+        item = showing.item
+        assert item is not None
+        manifest = snapshot.manifest
+        if manifest is not showing.manifest and (
+            manifest is None
+            or manifest.item_by_id(item.id) != item
+            or _media_of(manifest, item) != _media_of(showing.manifest, item)
+        ):
+            # Withdrawn or changed content leaves the screen at once.
+            self._end(now, mono, completed=False, reason="manifest_changed")
+            return
+        if schedule.should_interrupt(item, choice):
+            self._end(now, mono, completed=False, reason="preempted")
+            return
+        ends = self.ends_at()
+        if ends is not None and mono >= ends:
+            self._end(now, mono, completed=True, reason=None)
+
+    def _expire_alerts(self, now: dt.datetime, mono: float) -> None:
+        expired = [a for a in self._alerts if a.until <= now]
+        if not expired:
+            return
+        self._alerts = [a for a in self._alerts if a not in expired]
+        for alert in expired:
+            log.info("alert %s expired", alert.id)
+
+    def _start(self, now: dt.datetime, mono: float, manifest: Manifest | None, *,
+               item: Item | None = None, alert: Alert | None = None) -> None:
+        self._showing = Showing(new_ulid(), now, mono, manifest, item=item, alert=alert)
+        if item is not None:
+            self._last_item_id = item.id
+            log.debug("showing item %s (%s)", item.id, item.priority)
+
+    def _end(self, now: dt.datetime, mono: float, *, completed: bool, reason: str | None) -> None:
+        showing = self._showing
+        if showing is None:
+            return
+        self._showing = None
+        manifest = showing.manifest
+        tz = schedule.zone(manifest.timezone) if manifest is not None else dt.timezone.utc
+        if showing.alert is not None:
+            kind, title, priority, sha = "alert", showing.alert.title, "emergency", None
+        else:
+            assert showing.item is not None
+            item = showing.item
+            media = manifest.media_by_id(item.media) if manifest is not None else None
+            kind, title, priority, sha = item.type, item.title, item.priority, media.sha256 if media else None
+        record = PlayRecord(
+            id=showing.id,
+            item=showing.key,
+            type=kind,
+            title=title,
+            media_sha256=sha,
+            manifest_serial=manifest.serial if manifest is not None else None,
+            priority=priority,
+            started_at=format_time(showing.started_at, tz),
+            ended_at=format_time(now, tz),
+            duration_ms=max(0, round((mono - showing.started_mono) * 1000)),
+            completed=completed,
+            reason=reason,
+        )
+        self._outbox.add([record])
+
+    def _scene(self, manifest: Manifest | None, choice: schedule.Choice, now: dt.datetime) -> Scene:
+        ticker = " \u2022 ".join(line.text for line in schedule.active_ticker(manifest, now))
+        showing = self._showing
+        if showing is not None and showing.alert is not None:
+            return Scene("alert", manifest, alert=showing.alert, showing_id=showing.id)
+        if not choice.screen_on:
+            return Scene("off", manifest)
+        if showing is None:
+            return Scene("splash", manifest, ticker_text=ticker)
+        upcoming = choice.item if choice.item is not None and choice.item != showing.item else None
+        return Scene("item", manifest, item=showing.item, ticker_text=ticker, upcoming=upcoming,
+                     showing_id=showing.id)
+
+
+def _media_of(manifest: Manifest | None, item: Item) -> object:
+    return manifest.media_by_id(item.media) if manifest is not None and item.media else None

@@ -1,0 +1,204 @@
+"""The `file://` source (PROTOCOL.md §1): a folder with `manifest.json` and the media it names.
+
+For communes with no link: a technician copies a folder over SSH or from a USB stick. The folder
+is watched (watchdog/inotify) and re-read within 2 s of a change; a stat check every few seconds
+is the safety net for what inotify misses (a remounted stick, a folder that appears later).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from agent.models import Manifest, Media
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+SETTLE_S = 0.3  # let a copy finish writing before reading; well inside the 2 s promise
+SAFETY_CHECK_S = 5.0
+
+
+class ManifestSink(Protocol):
+    """The core's side (agent/content.py): verifies, then makes current."""
+
+    def offer(self, raw: bytes, origin: str) -> Manifest | None: ...
+    def commit(self, manifest: Manifest, raw: bytes) -> None: ...
+    def media_changed(self) -> None: ...
+    def current(self) -> Manifest | None: ...
+
+
+class MediaSink(Protocol):
+    """The cache's side (agent/cache/store.py)."""
+
+    def verified(self) -> frozenset[str]: ...
+    def import_stream(self, source: BinaryIO, sha256: str, size: int, label: str) -> None: ...
+
+
+class ProblemSink(Protocol):
+    def report(self, key: str, message: str) -> None: ...
+    def resolve(self, key: str) -> None: ...
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in ("opened", "closed_no_write"):
+            self._wake.set()
+
+
+def resolve_local_media(folder: Path, media: Media) -> Path:
+    """The file a media url names inside the folder; ValueError if it would leave the folder."""
+    parts = urlsplit(media.url)
+    if parts.scheme or parts.netloc:
+        raise ValueError(f"media {media.id}: {media.url!r} is not a path inside the folder (a file:// source has no network)")
+    relative = unquote(parts.path).lstrip("/")
+    candidate = (folder / relative).resolve()
+    root = folder.resolve()
+    if candidate != root and root not in candidate.parents:
+        raise ValueError(f"media {media.id}: {media.url!r} leads outside {root}")
+    return candidate
+
+
+class FileSource:
+    """Owns one thread ("file-source") that re-reads the folder when told or when it changes."""
+
+    def __init__(
+        self,
+        folder: Path,
+        content: ManifestSink,
+        store: MediaSink,
+        problems: ProblemSink,
+        stop: threading.Event,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.folder = folder
+        self._content = content
+        self._store = store
+        self._problems = problems
+        self._stop = stop
+        self._on_change = on_change
+        self._wake = threading.Event()
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._thread: threading.Thread | None = None
+        self._seen_signature: tuple[int, int, int] | None = None
+        self._current: Manifest | None = None
+        self.last_sync_ok_at: float | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="file-source", daemon=True)
+        self._thread.start()
+
+    def request_sync(self) -> None:
+        """Re-read now (the `sync` command), even if nothing seems to have changed."""
+        self._seen_signature = None
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()  # type: ignore[attr-defined]
+            self._observer.join(timeout)  # type: ignore[attr-defined]
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _ensure_watch(self) -> None:
+        if self._observer is not None or not self.folder.is_dir():
+            return
+        observer = Observer()
+        observer.schedule(_Wake(self._wake), str(self.folder), recursive=True)
+        observer.daemon = True
+        observer.name = "file-source-watch"
+        observer.start()
+        self._observer = observer
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._ensure_watch()
+            try:
+                self.check()
+            except Exception:  # a bug here must not end the source thread: keep trying
+                log.exception("file source check failed")
+            self._wake.wait(SAFETY_CHECK_S)
+            if self._stop.is_set():
+                break
+            if self._wake.is_set():
+                # Collapse a burst of events (a copy writes many times) into one read.
+                while self._wake.is_set() and not self._stop.is_set():
+                    self._wake.clear()
+                    self._stop.wait(SETTLE_S)
+
+    def check(self) -> None:
+        """Read the folder if its manifest changed; fetch media still missing."""
+        manifest_path = self.folder / MANIFEST_NAME
+        try:
+            stat = manifest_path.stat()
+        except FileNotFoundError:
+            self._problems.report("source", f"source folder has no {MANIFEST_NAME}: {manifest_path}")
+            return
+        except OSError as exc:
+            self._problems.report("source", f"cannot read {manifest_path}: {exc.strerror}")
+            return
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature != self._seen_signature:
+            self._read_manifest(manifest_path, signature)
+        if self._current is not None:
+            self._import_missing(self._current)
+
+    def _read_manifest(self, manifest_path: Path, signature: tuple[int, int, int]) -> None:
+        try:
+            raw = manifest_path.read_bytes()
+        except OSError as exc:
+            self._problems.report("source", f"cannot read {manifest_path}: {exc.strerror}")
+            return
+        self._problems.resolve("source")
+        self._seen_signature = signature
+        try:
+            manifest = self._content.offer(raw, str(manifest_path))
+        except ValueError:
+            return  # reported by the content; the old manifest keeps playing
+        self.last_sync_ok_at = time.time()
+        if manifest is None:
+            self._current = self._content.current()
+            return
+        # Media first, then the switch: the new items arrive playable, the old ones play meanwhile.
+        self._import_missing(manifest)
+        self._content.commit(manifest, raw)
+        self._current = manifest
+        self._on_change()
+
+    def _import_missing(self, manifest: Manifest) -> None:
+        verified = self._store.verified()
+        changed = False
+        for media in manifest.media:
+            if media.sha256 in verified:
+                self._problems.resolve(f"media:{media.id}")
+                continue
+            try:
+                path = resolve_local_media(self.folder, media)
+                with path.open("rb") as handle:
+                    self._store.import_stream(handle, media.sha256, media.size, f"media {media.id} ({media.url})")
+            except FileNotFoundError:
+                self._problems.report(f"media:{media.id}", f"media {media.id}: {media.url} not found in {self.folder}")
+                continue
+            except (OSError, ValueError) as exc:  # the store's MediaError is a ValueError
+                self._problems.report(f"media:{media.id}", str(exc))
+                continue
+            self._problems.resolve(f"media:{media.id}")
+            changed = True
+        if changed:
+            self._content.media_changed()
+            self._on_change()
