@@ -1,0 +1,184 @@
+"""The verified cache, the persisted manifest and the watched `file://` folder (no display needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cache.store import MediaError, MediaStore
+from agent.content import Content
+from agent.health import Problems
+from agent.manifest import load_trusted_keys
+from agent.sync.filesource import FileSource
+from tests.conftest import VECTORS, ContentFolder, base_manifest, media_entry, wait_for, write_png
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_store_verifies_before_the_file_becomes_visible(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path / "media")
+    store.open()
+    data = b"x" * 1000
+    with pytest.raises(MediaError, match="SHA-256 .* does not match"):
+        store.import_stream(io.BytesIO(b"y" * 1000), sha(data), 1000, "media m1")
+    with pytest.raises(MediaError, match="larger than the declared 999 bytes"):
+        store.import_stream(io.BytesIO(data), sha(data), 999, "media m1")
+    with pytest.raises(MediaError, match="1000 bytes, the manifest declares 1001"):
+        store.import_stream(io.BytesIO(data), sha(data), 1001, "media m1")
+    assert store.path_for(sha(data)) is None
+    assert not (tmp_path / "media" / sha(data)).exists()
+    assert list((tmp_path / "media" / "partial").iterdir()) == []
+    store.import_stream(io.BytesIO(data), sha(data), 1000, "media m1")
+    path = store.path_for(sha(data))
+    assert path is not None and Path(path).read_bytes() == data
+
+
+def test_corrupt_cached_file_is_removed_on_restart(tmp_path: Path) -> None:
+    data = (VECTORS / "media" / "lich-tiem-chung.png").read_bytes()
+    store = MediaStore(tmp_path / "media")
+    store.open()
+    store.import_stream(io.BytesIO(data), sha(data), len(data), "m1")
+    cached = tmp_path / "media" / sha(data)
+    cached.write_bytes(data[:-10] + b"0123456789")  # bit rot / torn write from an older version
+    fresh = MediaStore(tmp_path / "media")
+    assert fresh.verify_existing([(sha(data), len(data))]) == [sha(data)]
+    assert fresh.path_for(sha(data)) is None and not cached.exists()
+
+
+class Harness:
+    """Content + store + FileSource as main.py wires them, without a display."""
+
+    def __init__(self, tmp_path: Path, folder: ContentFolder, keys: list[str]) -> None:
+        self.problems = Problems()
+        self.store = MediaStore(tmp_path / "state" / "media")
+        self.store.open()
+        self.content = Content(tmp_path / "state", self.store, self.problems, keys=load_trusted_keys(keys),
+                               device_id="vinhthuan-ubnd-01", groups=["angiang"])
+        self.stop = threading.Event()
+        self.changes = 0
+        self.source = FileSource(folder.root, self.content, self.store, self.problems, self.stop, self._changed)
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def serial(self) -> int | None:
+        manifest = self.content.current()
+        return manifest.serial if manifest else None
+
+
+@pytest.fixture
+def harness(tmp_path: Path, content_folder: ContentFolder, public_key_b64: str) -> Iterator[Harness]:
+    h = Harness(tmp_path, content_folder, [public_key_b64])
+    yield h
+    h.stop.set()
+    h.source.join(5)
+
+
+def publish_with_image(folder: ContentFolder, serial: int, colour: tuple[int, int, int] = (200, 0, 0)) -> str:
+    png = write_png(folder.root / "media" / f"img{serial}.png", (64, 36), colour)
+    entry = media_entry(png, "m1", "image/png")
+    folder.publish(base_manifest(serial, media=[entry],
+                                 items=[{"id": "i1", "type": "image", "media": "m1", "duration_s": 5}]))
+    return str(entry["sha256"])
+
+
+def test_vector_folder_is_accepted_with_its_media(tmp_path: Path, public_key_b64: str) -> None:
+    folder = ContentFolder(tmp_path / "vec", None)  # type: ignore[arg-type]
+    (folder.root / "manifest.json").write_bytes((VECTORS / "manifest.signed.json").read_bytes())
+    (folder.root / "media" / "lich-tiem-chung.png").write_bytes((VECTORS / "media" / "lich-tiem-chung.png").read_bytes())
+    h = Harness(tmp_path, folder, [public_key_b64])
+    h.source.check()
+    assert h.serial() == 42
+    assert h.store.path_for("9060fbfb0f1b73fe215046ca3dbca33cbe94c19541687f05a55a8c179c066540") is not None
+    assert h.problems.current() == []
+
+
+def test_folder_changes_apply_within_two_seconds(harness: Harness, content_folder: ContentFolder) -> None:
+    first_sha = publish_with_image(content_folder, 1)
+    harness.source.start()
+    wait_for(lambda: harness.serial() == 1, timeout=5, what="serial 1")
+    assert harness.store.path_for(first_sha) is not None
+    second_sha = publish_with_image(content_folder, 2, (0, 200, 0))
+    wait_for(lambda: harness.serial() == 2, timeout=2.0, what="serial 2 within 2 s of the change")
+    assert harness.store.path_for(second_sha) is not None  # media verified before the switch
+
+
+def test_broken_or_rolled_back_manifest_keeps_the_old_one(harness: Harness, content_folder: ContentFolder) -> None:
+    publish_with_image(content_folder, 5)
+    harness.source.start()
+    wait_for(lambda: harness.serial() == 5, what="serial 5")
+    content_folder.write_raw(b'{"payloadType": "application/vnd.bangtin.manifest+json", "payload": ')
+    wait_for(lambda: any("not valid JSON" in e for e in harness.problems.current()), timeout=3, what="JSON error")
+    assert harness.serial() == 5
+    publish_with_image(content_folder, 4)
+    wait_for(lambda: any("rollback refused" in e for e in harness.problems.current()), timeout=3, what="rollback")
+    tampered = json.loads((VECTORS / "manifest.tampered.json").read_text())
+    content_folder.write_raw(json.dumps(tampered).encode())
+    wait_for(lambda: any("signature not valid" in e for e in harness.problems.current()), timeout=3, what="signature")
+    content_folder.publish(base_manifest(9), signed=False)
+    wait_for(lambda: any("unsigned document refused" in e for e in harness.problems.current()), timeout=3,
+             what="unsigned refused")
+    assert harness.serial() == 5
+    publish_with_image(content_folder, 6)
+    wait_for(lambda: harness.serial() == 6, timeout=3, what="recovery with serial 6")
+    assert not any("rejected" in e for e in harness.problems.current())
+
+
+def test_missing_or_wrong_media_is_reported_and_never_verified(harness: Harness, content_folder: ContentFolder) -> None:
+    good = write_png(content_folder.root / "media" / "good.png", (8, 8), (1, 2, 3))
+    bad = write_png(content_folder.root / "media" / "bad.png", (8, 8), (4, 5, 6))
+    bad_entry = media_entry(bad, "m2", "image/png")
+    bad.write_bytes(bad.read_bytes() + b"tampered")  # the file no longer matches its manifest entry
+    content_folder.publish(base_manifest(
+        1,
+        media=[media_entry(good, "m1", "image/png"), bad_entry,
+               {**media_entry(good, "m3", "image/png"), "url": "media/absent.png", "sha256": "3" * 64},
+               {**media_entry(good, "m4", "image/png"), "url": "https://cdn.example/x.png", "sha256": "4" * 64}],
+        items=[{"id": f"i{n}", "type": "image", "media": f"m{n}", "duration_s": 5} for n in (1, 2, 3, 4)],
+    ))
+    harness.source.check()
+    assert harness.serial() == 1
+    errors = "\n".join(harness.problems.current())
+    assert "media m2 (media/bad.png): larger than the declared" in errors
+    assert "media m3: media/absent.png not found" in errors
+    assert "media m4: 'https://cdn.example/x.png' is not a path inside the folder" in errors
+    assert harness.store.path_for(str(bad_entry["sha256"])) is None
+
+
+def test_symlink_out_of_the_folder_is_refused(harness: Harness, content_folder: ContentFolder, tmp_path: Path) -> None:
+    outside = write_png(tmp_path / "secret.png", (4, 4), (9, 9, 9))
+    (content_folder.root / "media" / "link.png").symlink_to(outside)
+    entry = {**media_entry(outside, "m1", "image/png"), "url": "media/link.png"}
+    content_folder.publish(base_manifest(1, media=[entry], items=[{"id": "i1", "type": "image", "media": "m1",
+                                                                    "duration_s": 5}]))
+    harness.source.check()
+    assert any("leads outside" in e for e in harness.problems.current())
+    assert harness.store.path_for(str(entry["sha256"])) is None
+
+
+def test_accepted_manifest_survives_restart_and_rollback_stays_refused(
+        tmp_path: Path, content_folder: ContentFolder, public_key_b64: str) -> None:
+    first = Harness(tmp_path, content_folder, [public_key_b64])
+    image_sha = publish_with_image(content_folder, 7)
+    first.source.check()
+    assert first.serial() == 7
+    # Next boot: the folder is gone (USB stick removed), the stored manifest and cache play at once.
+    for path in sorted(content_folder.root.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    second = Harness(tmp_path, content_folder, [public_key_b64])
+    restored = second.content.restore()
+    assert restored is not None and restored.serial == 7
+    assert second.store.path_for(image_sha) is not None
+    (content_folder.root / "media").mkdir(parents=True)
+    publish_with_image(content_folder, 6)
+    second.source.check()
+    assert second.serial() == 7
+    assert any("serial 6 is lower than the accepted 7" in e for e in second.problems.current())
