@@ -119,7 +119,7 @@ def ctl(args: argparse.Namespace) -> int:
     if not response.get("ok"):
         print(f"bangtin-agent ctl {args.action}: {response.get('error')}", file=sys.stderr)
         return EXIT_FAIL
-    result = response.get("result")
+    result: dict[str, Any] = response.get("result") or {}
     if args.action == "screenshot":
         png = base64.b64decode(result["png_base64"])
         args.out.write_bytes(png)

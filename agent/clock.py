@@ -33,7 +33,7 @@ class Clock:
         """Aware UTC time, corrected when the board's clock is known to be far off."""
         offset = self.offset_s
         correction = offset if abs(offset) > CORRECTION_THRESHOLD_S else 0.0
-        return dt.datetime.fromtimestamp(time.time() + correction, dt.timezone.utc)
+        return dt.datetime.fromtimestamp(time.time() + correction, dt.UTC)
 
     @staticmethod
     def mono() -> float:

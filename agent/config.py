@@ -321,7 +321,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{file_path}:1: expected a mapping of sections (device:, source:, ...), found {_describe(data, False)}"])
+        found = _describe(data, False)
+        raise ConfigError([f"{file_path}:1: expected a mapping of sections (device:, source:, ...), found {found}"])
     return config_from_mapping(data, file_path, lines)
 
 
@@ -366,7 +367,8 @@ def _cross_checks(config: Config, file_path: Path, line_of: Mapping[str, int]) -
                 f"found {config.source.token_file!r} ({exc.strerror})"
             )
     if config.source.ca_file and not os.path.isfile(config.source.ca_file):
-        problems.append(f"{where('source.ca_file')}: source.ca_file: expected a CA bundle file, found {config.source.ca_file!r} (no such file)")
+        problems.append(f"{where('source.ca_file')}: source.ca_file: expected a CA bundle file, "
+                        f"found {config.source.ca_file!r} (no such file)")
     return problems
 
 

@@ -111,7 +111,7 @@ def build_manifest(folder: Path, serial: int) -> dict[str, Any]:
     return {
         "schema": "bangtin.manifest/1",
         "serial": serial,
-        "issued_at": dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "issued_at": dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds"),
         "audience": [DEMO_DEVICE],
         "timezone": "Asia/Ho_Chi_Minh",
         "layout": {

@@ -156,6 +156,7 @@ class Agent:
                 "size": list(self.renderer.size),
                 "frames": self.renderer.frames,
                 "first_frame_s": round(first - self.started_mono, 3) if first is not None else None,
+                "frame_ms": self.renderer.frame_cost_summary(),
             },
         }
 
@@ -247,7 +248,7 @@ class Agent:
                 item.future.set_exception(RuntimeError("the agent is stopping"))
 
     def _install_signals(self) -> dict[int, Any]:
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: self.request_stop())
         return previous
@@ -261,7 +262,7 @@ class Agent:
 def _iso(unix_time: float | None) -> str | None:
     if unix_time is None:
         return None
-    return dt.datetime.fromtimestamp(unix_time, dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(unix_time, dt.UTC).isoformat(timespec="seconds")
 
 
 def run(config: Config) -> int:

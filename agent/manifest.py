@@ -209,7 +209,7 @@ class _Reader:
     def fail(self, key: str, expected: str, found: Any) -> ManifestError:
         return ManifestError(f"{self.where(key)}: expected {expected}, found {_show(found)}")
 
-    def str(self, key: str, *, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, key: str, *, default: str | None = None, required: bool = False) -> str | None:
         value = self.data.get(key, default)
         if value is None:
             if required:
@@ -220,7 +220,7 @@ class _Reader:
         return nfc(value)
 
     def ident(self, key: str) -> str:
-        value = self.str(key, required=True)
+        value = self.text(key, required=True)
         assert value is not None
         if not ID_PATTERN.match(value):
             raise self.fail(key, "an id of letters, digits, '.', '_', ':' or '-' (1-128)", value)
@@ -291,12 +291,14 @@ def parse_windows(value: Any, where: str) -> tuple[TimeWindow, ...]:
 def parse_when(reader: _Reader, key: str = "when") -> When:
     when = reader.obj(key)
     data = when.data
-    from_text = when.str("from")
-    until_text = when.str("until")
+    from_text = when.text("from")
+    until_text = when.text("until")
     days = None
     if data.get("days") is not None:
         raw_days = data["days"]
-        if not (isinstance(raw_days, list) and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 7 for d in raw_days)):
+        iso_days = isinstance(raw_days, list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 7 for d in raw_days)
+        if not iso_days:
             raise when.fail("days", "a list of ISO weekdays 1-7", raw_days)
         days = frozenset(raw_days)
     times = parse_windows(data["times"], when.where("times")) if data.get("times") is not None else None
@@ -309,14 +311,14 @@ def parse_when(reader: _Reader, key: str = "when") -> When:
 
 
 def _priority(reader: _Reader) -> Any:
-    priority = reader.str("priority", default="normal")
+    priority = reader.text("priority", default="normal")
     if priority not in PRIORITIES:
         raise reader.fail("priority", "normal, high or emergency", priority)
     return priority
 
 
 def _colour(reader: _Reader, key: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
-    value = reader.str(key)
+    value = reader.text(key)
     if value is None:
         return default
     if not COLOUR_PATTERN.match(value):
@@ -348,10 +350,10 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
     serial = document.get("serial")
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
         raise top.fail("serial", "an integer >= 1", serial)
-    issued_text = top.str("issued_at", required=True)
+    issued_text = top.text("issued_at", required=True)
     assert issued_text is not None
     issued_at = parse_instant(issued_text, "issued_at")
-    timezone = top.str("timezone", default=DEFAULT_TIMEZONE) or DEFAULT_TIMEZONE
+    timezone = top.text("timezone", default=DEFAULT_TIMEZONE) or DEFAULT_TIMEZONE
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -369,13 +371,14 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
     items = _parse_items(top, media_ids)
     layout = _parse_layout(top, media_ids)
     ticker = tuple(
-        TickerLine(id=line.ident("id"), text=line.str("text", required=True) or "", priority=_priority(line), when=parse_when(line))
+        TickerLine(id=line.ident("id"), text=line.text("text", required=True) or "", priority=_priority(line),
+                   when=parse_when(line))
         for line in top.objects("ticker")
     )
     _require_unique([t.id for t in ticker], "ticker")
     screen = top.obj("screen")
     screen_on = parse_windows(screen.data["on"], screen.where("on")) if screen.data.get("on") is not None else None
-    default_item = top.str("default_item")
+    default_item = top.text("default_item")
     if default_item is not None and default_item not in {item.id for item in items}:
         raise top.fail("default_item", "the id of an item in items[]", default_item)
     return Manifest(
@@ -404,14 +407,14 @@ def _require_unique(ids: list[str], where: str) -> None:
 def _parse_media(top: _Reader) -> tuple[Media, ...]:
     media = []
     for entry in top.objects("media"):
-        url = entry.str("url", required=True) or ""
-        sha = entry.str("sha256", required=True) or ""
+        url = entry.text("url", required=True) or ""
+        sha = entry.text("sha256", required=True) or ""
         if not SHA256_PATTERN.match(sha):
             raise entry.fail("sha256", "64 lowercase hex digits", sha)
         size = entry.data.get("size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise entry.fail("size", "a byte count (integer >= 0)", size)
-        mime = entry.str("type", required=True) or ""
+        mime = entry.text("type", required=True) or ""
         if not re.match(r"^[a-z]+/[a-z0-9.+-]+$", mime):
             raise entry.fail("type", "a MIME type such as image/png", mime)
         media.append(Media(entry.ident("id"), check_media_url(url, entry.where("url")), sha, size, mime))
@@ -422,12 +425,12 @@ def _parse_media(top: _Reader) -> tuple[Media, ...]:
 def _parse_items(top: _Reader, media_ids: Mapping[str, Media]) -> tuple[Item, ...]:
     items = []
     for entry in top.objects("items"):
-        kind = entry.str("type", required=True)
+        kind = entry.text("type", required=True)
         if kind not in ("image", "video", "text"):
             raise entry.fail("type", "image, video or text", kind)
         media_id = None
         if kind in ITEM_MEDIA_KIND:
-            media_id = entry.str("media", required=True)
+            media_id = entry.text("media", required=True) or ""
             if media_id not in media_ids:
                 raise entry.fail("media", "the id of an entry in media[]", media_id)
             media_type = media_ids[media_id].type
@@ -436,8 +439,8 @@ def _parse_items(top: _Reader, media_ids: Mapping[str, Media]) -> tuple[Item, ..
         duration = entry.number("duration_s", positive=True)
         if duration is None and kind != "video":
             raise entry.fail("duration_s", f"a number > 0 (required for {kind} items)", None)
-        title = entry.str("title", default="") or ""
-        body = entry.str("body", default="") or ""
+        title = entry.text("title", default="") or ""
+        body = entry.text("body", default="") or ""
         if kind == "text" and not (title or body):
             raise entry.fail("body", "a title or body for a text item", "neither")
         items.append(
@@ -461,7 +464,7 @@ def _parse_layout(top: _Reader, media_ids: Mapping[str, Media]) -> Layout:
     header = layout.obj("header")
     ticker = layout.obj("ticker")
     theme = layout.obj("theme")
-    logo = header.str("logo")
+    logo = header.text("logo")
     if logo is not None and (logo not in media_ids or not media_ids[logo].type.startswith("image/")):
         raise header.fail("logo", "the id of an image in media[]", logo)
     clock = header.data.get("clock", True)
@@ -473,7 +476,7 @@ def _parse_layout(top: _Reader, media_ids: Mapping[str, Media]) -> Layout:
         raise layout.fail("rotation", "0, 90, 180 or 270", rotation)
     defaults = Theme()
     return Layout(
-        title=header.str("title", default="") or "",
+        title=header.text("title", default="") or "",
         logo=logo,
         clock=clock,
         ticker_speed_px_s=speed if speed is not None else 120.0,

@@ -209,7 +209,7 @@ class Player:
             return
         self._showing = None
         manifest = showing.manifest
-        tz = schedule.zone(manifest.timezone) if manifest is not None else dt.timezone.utc
+        tz = schedule.zone(manifest.timezone) if manifest is not None else dt.UTC
         if showing.alert is not None:
             kind, title, priority, sha = "alert", showing.alert.title, "emergency", None
         else:

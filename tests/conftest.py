@@ -44,7 +44,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         except Exception as exc:  # noqa: BLE001 — retried until the deadline, shown if it never passes
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    detail = f" (last error: {last_error})" if last_error else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
 
 
 @pytest.fixture(scope="session")
@@ -217,4 +218,4 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[[Path], RunningAgent]]:
 
 
 def local_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)

@@ -27,7 +27,7 @@ def test_store_verifies_before_the_file_becomes_visible(tmp_path: Path) -> None:
     store = MediaStore(tmp_path / "media")
     store.open()
     data = b"x" * 1000
-    with pytest.raises(MediaError, match="SHA-256 .* does not match"):
+    with pytest.raises(MediaError, match=r"SHA-256 .* does not match"):
         store.import_stream(io.BytesIO(b"y" * 1000), sha(data), 1000, "media m1")
     with pytest.raises(MediaError, match="larger than the declared 999 bytes"):
         store.import_stream(io.BytesIO(data), sha(data), 999, "media m1")

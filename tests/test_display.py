@@ -21,7 +21,7 @@ from agent.models import Alert, Manifest, Scene
 from tests.conftest import base_manifest, media_entry, write_png
 
 BLUE, WHITE, YELLOW = (0x0B, 0x3D, 0x91), (0xFF, 0xFF, 0xFF), (0xFF, 0xD2, 0x00)
-T0 = dt.datetime(2026, 11, 26, 2, 0, 0, 500000, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 26, 2, 0, 0, 500000, tzinfo=dt.UTC)
 TONES = ("", "\u0300", "\u0301", "\u0309", "\u0303", "\u0323")
 VOWELS = ("a", "ă", "â", "e", "ê", "i", "o", "ô", "ơ", "u", "ư", "y")
 

@@ -22,7 +22,7 @@ from agent.outbox import Outbox
 from agent.player import Player
 from tests.conftest import ROOT, base_manifest
 
-T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.timezone.utc)  # 09:00 in Vietnam, a Thursday
+T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)  # 09:00 in Vietnam, a Thursday
 
 
 class FakeContent:

@@ -49,7 +49,7 @@ def test_when_days_and_times_in_the_manifest_timezone() -> None:
     assert schedule.when_holds(when, at("2026-11-26T16:59"), VN)
     assert not schedule.when_holds(when, at("2026-11-28T08:00"), VN)  # Saturday
     # 00:30 UTC is 07:30 in Vietnam: days and times are read in the manifest's zone.
-    assert schedule.when_holds(when, dt.datetime(2026, 11, 26, 0, 30, tzinfo=dt.timezone.utc), VN)
+    assert schedule.when_holds(when, dt.datetime(2026, 11, 26, 0, 30, tzinfo=dt.UTC), VN)
 
 
 def test_window_past_midnight_belongs_to_the_day_it_starts() -> None:
@@ -134,7 +134,7 @@ items_strategy = st.lists(
     st.tuples(st.sampled_from(["normal", "high", "emergency"]), whens, st.sampled_from([None, "ma", "mb"])),
     min_size=1, max_size=6)
 instants = st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2027, 12, 31),
-                        timezones=st.just(dt.timezone.utc))
+                        timezones=st.just(dt.UTC))
 
 
 def build(spec: list[tuple[str, dict[str, Any], str | None]]) -> Manifest:

@@ -12,6 +12,8 @@ import io
 import logging
 import math
 import os
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import pygame
@@ -91,6 +93,7 @@ class Renderer:
         self._logo_cache: dict[str, pygame.Surface | None] = {}
         self.frames = 0
         self.first_frame_mono: float | None = None
+        self.frame_costs_ms: deque[float] = deque(maxlen=600)  # draw + present, for status and the benchmark
 
     # --- window -------------------------------------------------------------------------------
 
@@ -154,9 +157,10 @@ class Renderer:
 
     def render(self, scene: Scene, now: dt.datetime, mono: float) -> Frame:
         """Draw what changed since the last call; never leaves the screen black unless asked."""
+        started = time.perf_counter()
         header, main, ticker = self._layout_zones(scene.manifest)
         layout = scene.manifest.layout if scene.manifest is not None else Layout(title=self.settings.splash_title)
-        tz = schedule.zone(scene.manifest.timezone) if scene.manifest is not None else dt.timezone.utc
+        tz = schedule.zone(scene.manifest.timezone) if scene.manifest is not None else dt.UTC
         local = now.astimezone(tz)
         key = (scene.mode, scene.showing_id, scene.item, scene.alert, id(scene.manifest))
         dirty: list[pygame.Rect] = []
@@ -175,7 +179,8 @@ class Renderer:
                 dirty.append(self._draw_ticker(layout, ticker, mono))
             if self._fade_from is not None:
                 dirty.append(self._draw_fade(main, mono, scene))
-        self._present(full, dirty, mono)
+        if self._present(full, dirty, mono):
+            self.frame_costs_ms.append((time.perf_counter() - started) * 1000)
         if scene.upcoming is not None and scene.manifest is not None:
             self._slides.prepare(scene.manifest, scene.upcoming, main.size)
         return Frame(self._next_change(mono, now, scene))
@@ -361,7 +366,8 @@ class Renderer:
 
     # --- presenting ---------------------------------------------------------------------------
 
-    def _present(self, full: bool, dirty: list[pygame.Rect], mono: float) -> None:
+    def _present(self, full: bool, dirty: list[pygame.Rect], mono: float) -> bool:
+        """Put changed pixels on the screen; False when nothing changed (no frame at all)."""
         screen = self._screen
         assert screen is not None
         logical = self._canvas.get_size()
@@ -380,8 +386,18 @@ class Renderer:
                 updated.append(target)
             pygame.display.update(updated)
         else:
-            return
+            return False
         self.frames += 1
         if self.first_frame_mono is None:
             self.first_frame_mono = mono
             log.info("first frame on screen (pid %d)", os.getpid())
+        return True
+
+    def frame_cost_summary(self) -> dict[str, float]:
+        """Percentiles of recent frame costs in ms (draw + present), for status and benchmarks."""
+        costs = sorted(self.frame_costs_ms)
+        if not costs:
+            return {}
+        def pick(q: float) -> float:
+            return round(costs[min(len(costs) - 1, int(q * len(costs)))], 3)
+        return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(costs[-1], 3), "n": len(costs)}

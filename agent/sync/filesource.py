@@ -107,8 +107,8 @@ class FileSource:
     def join(self, timeout: float) -> None:
         self._wake.set()
         if self._observer is not None:
-            self._observer.stop()  # type: ignore[attr-defined]
-            self._observer.join(timeout)  # type: ignore[attr-defined]
+            self._observer.stop()
+            self._observer.join(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 
