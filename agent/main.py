@@ -68,7 +68,7 @@ class Agent:
             keys=load_trusted_keys(config.security.manifest_keys),
             device_id=config.device.id, groups=config.device.groups,
         )
-        self.outbox = Outbox(storage / "outbox.sqlite")
+        self.outbox = Outbox(storage / "outbox.sqlite", on_error=self._outbox_problem)
         self.player = Player(self.content, self.outbox, self.problems)
         self.renderer = Renderer(
             DisplaySettings(
@@ -101,6 +101,12 @@ class Agent:
             "source", f"source {self.config.source.url}: HTTP(S) sources are not supported by this version; "
             "playing the stored content")
         return None
+
+    def _outbox_problem(self, message: str | None) -> None:
+        if message is None:
+            self.problems.resolve("outbox")
+        else:
+            self.problems.report("outbox", message)
 
     # --- cross-thread entry points ---------------------------------------------------------------
 
@@ -171,7 +177,13 @@ class Agent:
         previous_handlers = self._install_signals()
         started: list[Any] = []
         try:
-            self.renderer.open()
+            try:
+                self.renderer.open()
+            except pygame.error as exc:
+                driver = os.environ.get("SDL_VIDEODRIVER", "SDL's default")
+                log.error("cannot open the display with %s driver: %s (on a board console set SDL_VIDEODRIVER=kmsdrm "
+                          "and give the user the video and render groups)", driver, exc)
+                return 1
             # A first frame before anything slow: the splash, never a dark screen.
             self._step()
             self.content.restore()

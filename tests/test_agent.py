@@ -198,3 +198,16 @@ def test_demo_plays_its_signed_sample_under_the_dummy_driver(tmp_path: Path) -> 
             process.kill()
             process.wait()
         log.close()
+
+
+def test_emergency_item_interrupts_a_long_item_without_waiting_for_its_end(
+        board: RunningAgent, content_folder: ContentFolder) -> None:
+    wait_for(lambda: board.status()["current_item"] == "red", what="red on screen")
+    manifest = image_manifest(content_folder, 2, RED, "red")  # red unchanged: it would play on for 30 s
+    manifest["items"].append({"id": "bao", "type": "text", "title": "KHẨN CẤP", "body": "Lũ quét", "duration_s": 60,
+                              "priority": "emergency"})
+    content_folder.publish(manifest)
+    wait_for(lambda: board.status()["current_item"] == "bao", timeout=3, what="the emergency item within 1 s of the change")
+    assert board.status()["manifest_serial"] == 2
+    board.stop()
+    assert [(r["item"], r["reason"]) for r in board.records()][:2] == [("red", "preempted"), ("bao", "shutdown")]

@@ -231,3 +231,33 @@ def test_upcoming_item_is_prepared_before_its_turn(board: Board) -> None:
     assert key in slides._pending or key in slides._ready  # decoding started while "a" is shown
     board.renderer.render(Scene("item", m, item=m.items[1], showing_id="s2"), T0, 5.0)
     assert near(board.shot().get_at((160, 110)), (20, 220, 20))
+
+
+def test_logo_is_drawn_in_the_header(board: Board) -> None:
+    logo = board.add_png("logo.png", (40, 40), (200, 16, 46))
+    m = parse(media=[logo], layout={"header": {"title": "XÃ", "logo": "logo", "clock": True}})
+    board.renderer.render(Scene("splash", m), T0, 0.0)
+    header_h = max(48, round(180 * 0.11))
+    assert near(board.shot().get_at((10, header_h // 2)), (200, 16, 46))
+
+
+def test_crossfade_blends_old_and_new_slides(tmp_path: Path) -> None:
+    board = Board(tmp_path)
+    board.renderer.settings = DisplaySettings(320, 180, False, 30, 400, "BẢNG TIN", "b1")
+    try:
+        red = board.add_png("m1.png", (64, 36), (240, 0, 0))
+        green = board.add_png("m2.png", (64, 36), (0, 240, 0))
+        m = parse(media=[red, green], items=[{"id": "a", "type": "image", "media": "m1", "duration_s": 5},
+                                             {"id": "b", "type": "image", "media": "m2", "duration_s": 5}])
+        board.renderer.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 10.0)
+        scene = Scene("item", m, item=m.items[1], showing_id="s2")
+        frame = board.renderer.render(scene, T0, 20.0)
+        assert frame.next_change == pytest.approx(20.0 + 1 / 30)  # fading needs frames
+        board.renderer.render(scene, T0, 20.2)  # half-way
+        r, g, _ = tuple(board.shot().get_at((160, 110)))[:3]
+        assert 60 < r < 180 and 60 < g < 180
+        board.renderer.render(scene, T0, 20.5)  # done
+        assert near(board.shot().get_at((160, 110)), (0, 240, 0))
+        assert board.renderer.render(scene, T0, 20.6).next_change > 20.6 + 1 / 30  # still again
+    finally:
+        board.close()

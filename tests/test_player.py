@@ -179,3 +179,24 @@ def test_records_survive_kill_9_right_after_add(tmp_path: Path) -> None:
     assert box.pending() == 48
     box.close()
     assert os.path.getsize(tmp_path / "o.sqlite") > 0
+
+
+def test_a_full_disk_keeps_records_in_memory_and_playback_going(tmp_path: Path) -> None:
+    problems = Problems()
+    box = Outbox(tmp_path / "o.sqlite", on_error=lambda m: problems.report("outbox", m) if m else problems.resolve("outbox"))
+    box.open()
+    db = box._conn()
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk full"
+    player = Player(FakeContent(manifest(items=[text("a", 1), text("b", 1)])), box, problems)
+    shown = run(player, 60, step=0.5)  # ~60 showings whose records cannot be written
+    assert shown[-1] in {"a", "b"}
+    assert any("cannot write" in e and "keeping them in memory" in e for e in problems.current())
+    assert box.pending() >= 55
+    db.execute("PRAGMA max_page_count=1073741823")  # space again
+    run(player, 1.5, step=0.5, start=60.5)
+    assert box.pending() >= 56 and box._unsaved == []
+    assert not any("cannot write" in e for e in problems.current())
+    ids = [r["id"] for r in box.oldest(1000)]
+    assert len(ids) == len(set(ids)) == box.pending()
+    box.close()

@@ -91,6 +91,7 @@ class Renderer:
         self._fade_from: pygame.Surface | None = None
         self._fade_start = 0.0
         self._logo_cache: dict[str, pygame.Surface | None] = {}
+        self._asked_to_prepare: object = None
         self.frames = 0
         self.first_frame_mono: float | None = None
         self.frame_costs_ms: deque[float] = deque(maxlen=600)  # draw + present, for status and the benchmark
@@ -181,7 +182,10 @@ class Renderer:
                 dirty.append(self._draw_fade(main, mono, scene))
         if self._present(full, dirty, mono):
             self.frame_costs_ms.append((time.perf_counter() - started) * 1000)
-        if scene.upcoming is not None and scene.manifest is not None:
+        upcoming = (scene.upcoming, scene.manifest, main.size)
+        if scene.upcoming is not None and scene.manifest is not None and upcoming != self._asked_to_prepare:
+            # Once per new upcoming item, not per ticker frame: the key hashes the whole item.
+            self._asked_to_prepare = upcoming
             self._slides.prepare(scene.manifest, scene.upcoming, main.size)
         return Frame(self._next_change(mono, now, scene))
 

@@ -93,6 +93,7 @@ class FileSource:
         self._thread: threading.Thread | None = None
         self._seen_signature: tuple[int, int, int] | None = None
         self._current: Manifest | None = None
+        self._failed_files: dict[str, tuple[int, int, int] | None] = {}  # sha256 → stat of the file that failed
         self.last_sync_ok_at: float | None = None
 
     def start(self) -> None:
@@ -165,18 +166,26 @@ class FileSource:
             self._problems.report("source", f"cannot read {manifest_path}: {exc.strerror}")
             return
         self._problems.resolve("source")
-        self._seen_signature = signature
         try:
             manifest = self._content.offer(raw, str(manifest_path))
         except ValueError:
-            return  # reported by the content; the old manifest keeps playing
+            self._seen_signature = signature  # reported by the content; re-read when the file changes
+            return
         self.last_sync_ok_at = time.time()
         if manifest is None:
+            self._seen_signature = signature
             self._current = self._content.current()
             return
         # Media first, then the switch: the new items arrive playable, the old ones play meanwhile.
         self._import_missing(manifest)
-        self._content.commit(manifest, raw)
+        try:
+            self._content.commit(manifest, raw)
+        except OSError as exc:
+            # Disk full or read-only storage: keep the old content, try again at the next check.
+            self._problems.report("storage", f"cannot store manifest serial {manifest.serial}: {exc.strerror or exc}")
+            return
+        self._problems.resolve("storage")
+        self._seen_signature = signature
         self._current = manifest
         self._on_change()
 
@@ -186,9 +195,13 @@ class FileSource:
         for media in manifest.media:
             if media.sha256 in verified:
                 self._problems.resolve(f"media:{media.id}")
+                self._failed_files.pop(media.sha256, None)
                 continue
             try:
                 path = resolve_local_media(self.folder, media)
+                file_signature = _signature(path)
+                if self._failed_files.get(media.sha256) == file_signature:
+                    continue  # the same wrong file again: copying and hashing it would only wear the card
                 with path.open("rb") as handle:
                     self._store.import_stream(handle, media.sha256, media.size, f"media {media.id} ({media.url})")
             except FileNotFoundError:
@@ -196,9 +209,23 @@ class FileSource:
                 continue
             except (OSError, ValueError) as exc:  # the store's MediaError is a ValueError
                 self._problems.report(f"media:{media.id}", str(exc))
+                self._failed_files[media.sha256] = _signature_or_none(media, self.folder)
                 continue
             self._problems.resolve(f"media:{media.id}")
             changed = True
         if changed:
             self._content.media_changed()
             self._on_change()
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _signature_or_none(media: Media, folder: Path) -> tuple[int, int, int] | None:
+    """The failed file's stat, so it is retried only once it changes; None (retry) if unknowable."""
+    try:
+        return _signature(resolve_local_media(folder, media))
+    except (OSError, ValueError):
+        return None
