@@ -72,6 +72,7 @@ class Outbox:
     def add(self, records: Iterable[PlayRecord]) -> None:
         """Commit records in one transaction; duplicates (same id) are ignored. Never raises on I/O."""
         rows = [(r.id, json.dumps(r.to_json_dict(), ensure_ascii=False, separators=(",", ":"))) for r in records]
+        message: str | None = None
         with self._lock:
             rows = self._unsaved + rows
             if not rows:
@@ -89,7 +90,6 @@ class Outbox:
             else:
                 had_unsaved = bool(self._unsaved)
                 self._unsaved = []
-                message = None
         if message is not None:
             self._on_error(message)
         elif had_unsaved:
