@@ -163,6 +163,7 @@ class Agent:
                 "frames": self.renderer.frames,
                 "first_frame_s": round(first - self.started_mono, 3) if first is not None else None,
                 "frame_ms": self.renderer.frame_cost_summary(),
+                "scene_shown_mono": self.renderer.scene_shown_mono,  # CLOCK_MONOTONIC, for latency benchmarks
             },
         }
 

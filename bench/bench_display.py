@@ -120,6 +120,26 @@ def measure(process: subprocess.Popen[bytes], seconds: float, socket_path: Path)
     }
 
 
+def alert_latency(socket_path: Path, samples: int) -> dict[str, float]:
+    """Milliseconds from sending `alert` on the control socket to the first frame showing it."""
+    latencies = []
+    for n in range(samples):
+        sent = time.monotonic()
+        request(socket_path, "alert", {"title": "CẢNH BÁO KHẨN CẤP", "body": f"Bão số {n}", "minutes": 5})
+        while True:  # the ack comes when the alert is queued; the frame follows in the same loop turn
+            status = request(socket_path, "status")["result"]
+            shown = status["display"]["scene_shown_mono"]
+            if status["alert_active"] and shown is not None and shown >= sent:
+                latencies.append((shown - sent) * 1000)
+                break
+        request(socket_path, "clear_alert")
+        time.sleep(0.2)
+    latencies.sort()
+    return {"median_ms": round(latencies[len(latencies) // 2], 2),
+            "p95_ms": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
+            "max_ms": round(latencies[-1], 2), "samples": len(latencies)}
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(30)
@@ -160,6 +180,8 @@ def main() -> None:
                 try:
                     time.sleep(1.0)  # let the first item's decode settle before measuring
                     results[name] = measure(process, args.seconds, scenario / "ctl.sock")
+                    if not ticker:
+                        results["alert_latency_local_ctl_1080p"] = alert_latency(scenario / "ctl.sock", 20)
                 finally:
                     stop(process)
             # Warm start: the still-image board again, cache and manifest already on disk.

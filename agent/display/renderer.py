@@ -95,6 +95,7 @@ class Renderer:
         self.frames = 0
         self.first_frame_mono: float | None = None
         self.frame_costs_ms: deque[float] = deque(maxlen=600)  # draw + present, for status and the benchmark
+        self.scene_shown_mono: float | None = None  # when the current scene's first frame was presented
 
     # --- window -------------------------------------------------------------------------------
 
@@ -182,6 +183,8 @@ class Renderer:
                 dirty.append(self._draw_fade(main, mono, scene))
         if self._present(full, dirty, mono):
             self.frame_costs_ms.append((time.perf_counter() - started) * 1000)
+            if full:
+                self.scene_shown_mono = time.monotonic()
         upcoming = (scene.upcoming, scene.manifest, main.size)
         if scene.upcoming is not None and scene.manifest is not None and upcoming != self._asked_to_prepare:
             # Once per new upcoming item, not per ticker frame: the key hashes the whole item.
