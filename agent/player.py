@@ -18,6 +18,7 @@ from agent import schedule
 from agent.content import Snapshot
 from agent.health import Problems
 from agent.ids import new_ulid
+from agent.manifest import DEFAULT_TIMEZONE
 from agent.models import Alert, Item, Manifest, PlayRecord, Scene, ScreenMode
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class Player:
             return
         self._showing = None
         manifest = showing.manifest
-        tz = schedule.zone(manifest.timezone) if manifest is not None else dt.UTC
+        tz = schedule.zone(manifest.timezone if manifest is not None else DEFAULT_TIMEZONE)
         if showing.alert is not None:
             kind, title, priority, sha = "alert", showing.alert.title, "emergency", None
         else:

@@ -261,3 +261,20 @@ def test_crossfade_blends_old_and_new_slides(tmp_path: Path) -> None:
         assert board.renderer.render(scene, T0, 20.6).next_change > 20.6 + 1 / 30  # still again
     finally:
         board.close()
+
+
+def test_splash_without_a_manifest_shows_vietnamese_time(board: Board) -> None:
+    """Before any manifest, the clock is in the protocol's default zone, Asia/Ho_Chi_Minh."""
+    header_h = max(48, round(180 * 0.11))
+
+    def main_zone() -> bytes:
+        return pygame.image.tobytes(board.shot().subsurface((0, header_h, 320, 180 - header_h)), "RGB")
+
+    board.renderer.render(Scene("splash", None), T0, 0.0)  # T0 is 02:00 UTC, 09:00 in Vietnam
+    without_manifest = main_zone()
+    board.renderer.render(Scene("splash", parse(timezone="Asia/Ho_Chi_Minh")), T0, 0.1)
+    assert main_zone() == without_manifest
+    board.renderer.render(Scene("splash", parse(timezone="UTC")), T0, 0.2)
+    assert main_zone() != without_manifest
+    # Header underline runs the full width, under the clock too.
+    assert near(board.shot().get_at((318, header_h - 2)), YELLOW)

@@ -21,6 +21,7 @@ import pygame
 from agent import schedule
 from agent.display.slides import SlideError, Slides, fit_image
 from agent.display.text import FontBook, clean, fit_block
+from agent.manifest import DEFAULT_TIMEZONE
 from agent.models import Alert, Layout, Manifest, MediaSource, Scene
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Renderer:
         started = time.perf_counter()
         header, main, ticker = self._layout_zones(scene.manifest)
         layout = scene.manifest.layout if scene.manifest is not None else Layout(title=self.settings.splash_title)
-        tz = schedule.zone(scene.manifest.timezone) if scene.manifest is not None else dt.UTC
+        tz = schedule.zone(scene.manifest.timezone if scene.manifest is not None else DEFAULT_TIMEZONE)
         local = now.astimezone(tz)
         key = (scene.mode, scene.showing_id, scene.item, scene.alert, id(scene.manifest))
         dirty: list[pygame.Rect] = []
@@ -230,7 +231,7 @@ class Renderer:
     def _draw_header(self, manifest: Manifest | None, layout: Layout, rect: pygame.Rect, local: dt.datetime) -> None:
         canvas, theme = self._canvas, layout.theme
         canvas.fill(theme.background, rect)
-        pygame.draw.line(canvas, theme.accent, (0, rect.bottom - 3), (rect.right, rect.bottom - 3), 3)
+        canvas.fill(theme.accent, (rect.x, rect.bottom - 3, rect.width, 3))  # the underline; the clock stays above it
         pad = max(6, rect.height // 10)
         x = pad
         logo = self._logo(manifest, layout, rect.height - 2 * pad)
