@@ -138,7 +138,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"device          {status.get('device')}   agent {status.get('agent_version')}   up {status.get('uptime_s')} s",
         f"source          {status.get('source')}",
-        f"manifest        serial {status.get('manifest_serial')}",
+        f"manifest        serial {status.get('manifest_serial')}, last sync {status.get('last_sync_ok_at') or 'never'}",
         f"on screen       {status.get('current_item') or '(splash)'}"
         + ("   [ALERT]" if status.get("alert_active") else ""),
         f"screen          {'on' if status.get('screen_on') else 'off'} (mode {status.get('screen_mode')})",
@@ -146,6 +146,13 @@ def format_status(status: dict[str, Any]) -> str:
         f"outbox          {status.get('outbox_pending')} record(s) pending",
         f"display         {display.get('driver')} {display.get('size')} frames {display.get('frames')}",
     ]
+    sync = status.get("sync") or {}
+    if sync.get("pending_manifest_serial"):
+        lines.append(f"next manifest   serial {sync['pending_manifest_serial']} (fetching its media)")
+    download = sync.get("download")
+    if download:
+        eta = f", about {download['eta_s']} s left" if download.get("eta_s") is not None else ""
+        lines.append(f"downloading     {download['media']}: {download['bytes_done']}/{download['bytes_total']} bytes{eta}")
     errors = status.get("errors") or []
     lines.append(f"errors          {len(errors) or 'none'}")
     lines.extend(f"  - {error}" for error in errors)

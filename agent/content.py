@@ -54,6 +54,7 @@ class Content:
         self._lock = threading.Lock()
         self._manifest: Manifest | None = None
         self._last_serial: int | None = None
+        self._etag: str | None = None  # of the accepted manifest's answer: polls stay conditional across restarts
         self._version = 0
 
     @property
@@ -61,9 +62,23 @@ class Content:
         with self._lock:
             return self._last_serial
 
+    @property
+    def etag(self) -> str | None:
+        with self._lock:
+            return self._etag
+
+    def remember_etag(self, etag: str | None) -> None:
+        """An unchanged manifest came with a new ETag: poll with it from now on."""
+        with self._lock:
+            if etag == self._etag or self._last_serial is None:
+                return
+            self._etag = etag
+            state = {"serial": self._last_serial, "etag": etag}
+        atomic_write(self._state_path, json.dumps(state).encode())
+
     def restore(self) -> Manifest | None:
         """Load the persisted manifest (re-verified with today's keys) and check its cached media."""
-        self._last_serial = self._read_serial()
+        self._last_serial, self._etag = self._read_state()
         try:
             raw = self._manifest_path.read_bytes()
         except FileNotFoundError:
@@ -108,13 +123,14 @@ class Content:
             return None
         return manifest
 
-    def commit(self, manifest: Manifest, raw: bytes) -> None:
+    def commit(self, manifest: Manifest, raw: bytes, etag: str | None = None) -> None:
         """Make `manifest` current and persist it (its serial is never accepted lower again)."""
         atomic_write(self._manifest_path, raw)
-        atomic_write(self._state_path, json.dumps({"serial": manifest.serial}).encode())
+        atomic_write(self._state_path, json.dumps({"serial": manifest.serial, "etag": etag}).encode())
         with self._lock:
             self._manifest = manifest
             self._last_serial = manifest.serial
+            self._etag = etag
             self._version += 1
         self._problems.resolve("manifest")
         log.info("manifest serial %d is now current (%d items, %d media)", manifest.serial,
@@ -133,14 +149,16 @@ class Content:
         with self._lock:
             return Snapshot(self._manifest, self._store.verified(), self._version)
 
-    def _read_serial(self) -> int | None:
+    def _read_state(self) -> tuple[int | None, str | None]:
         try:
             state = json.loads(self._state_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, ValueError) as exc:
             # A torn state file cannot happen (atomic writes); a hand-edited one is reported.
             self._problems.report("state", f"{self._state_path} unreadable ({exc}); rollback check starts afresh")
-            return None
-        serial = state.get("serial") if isinstance(state, dict) else None
-        return serial if isinstance(serial, int) else None
+            return None, None
+        if not isinstance(state, dict):
+            return None, None
+        serial, etag = state.get("serial"), state.get("etag")
+        return (serial if isinstance(serial, int) else None), (etag if isinstance(etag, str) else None)

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import pygame
 
-from agent import __version__
+from agent import __version__, schedule
 from agent.cache.store import MediaStore
 from agent.clock import Clock
 from agent.config import Config
@@ -37,6 +37,7 @@ from agent.manifest import load_trusted_keys
 from agent.outbox import Outbox
 from agent.player import Player
 from agent.sync.filesource import FileSource
+from agent.sync.http import HttpSettings, HttpSource
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,22 @@ class Agent:
         ))
         self.control = ControlServer(Path(config.control.socket), self.dispatcher.handle, self.stop)
 
-    def _make_source(self) -> FileSource | None:
-        url = urlsplit(self.config.source.url)
+    def _make_source(self) -> FileSource | HttpSource:
+        config = self.config
+        url = urlsplit(config.source.url)
         if url.scheme == "file":
             return FileSource(Path(unquote(url.path)), self.content, self.store, self.problems, self.stop, self.wake)
-        self.problems.report(
-            "source", f"source {self.config.source.url}: HTTP(S) sources are not supported by this version; "
-            "playing the stored content")
-        return None
+        settings = HttpSettings(
+            base_url=config.source.url, device_id=config.device.id, token=config.token(), ca_file=config.source.ca_file,
+            poll_interval_s=config.source.poll_interval_s, cache_limit_bytes=config.storage.cache_max_mb * 1024 * 1024,
+            user_agent=f"bangtin-agent/{__version__}",
+        )
+        return HttpSource(
+            settings, self.content, self.store, self.problems, self.stop, self.wake,
+            set_clock_offset=self.clock.set_offset,
+            media_order=lambda manifest: schedule.media_in_order_of_need(manifest, self.clock.now(),
+                                                                         self.player.current_item_id),
+        )
 
     def _outbox_problem(self, message: str | None) -> None:
         if message is None:
@@ -120,8 +129,7 @@ class Agent:
         self._inbox.put(None)
 
     def request_sync(self) -> None:
-        if self.source is not None:
-            self.source.request_sync()
+        self.source.request_sync()
 
     def request_restart(self) -> None:
         self.restart_requested = True
@@ -152,7 +160,8 @@ class Agent:
                       "media_missing": len(missing)},
             "disk_free_bytes": shutil.disk_usage(self.storage).free,
             "outbox_pending": self.outbox.pending(),
-            "last_sync_ok_at": _iso(self.source.last_sync_ok_at) if self.source else None,
+            "last_sync_ok_at": _iso(self.source.last_sync_ok_at),
+            "sync": self.source.status(),
             "clock_offset_s": round(self.clock.offset_s, 3),
             "errors": self.problems.current(),
             "source": self.config.source.url,
@@ -188,15 +197,12 @@ class Agent:
             # A first frame before anything slow: the splash, never a dark screen.
             self._step()
             self.content.restore()
-            if self.content.current() is None and self.source is None:
-                log.warning("no stored manifest and no usable source: showing the splash")
             if not self.config.security.manifest_keys:
                 log.warning("no security.manifest_keys configured: unsigned manifests are accepted (development only)")
             self.control.start()
             started.append(self.control)
-            if self.source is not None:
-                self.source.start()
-                started.append(self.source)
+            self.source.start()
+            started.append(self.source)
             self._loop()
         finally:
             self.player.shutdown(self.clock.now(), time.monotonic())

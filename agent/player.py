@@ -102,6 +102,12 @@ class Player:
     # --- state -------------------------------------------------------------------------------
 
     @property
+    def current_item_id(self) -> str | None:
+        """Read by the download thread to fetch what plays next first (a plain attribute read)."""
+        showing = self._showing
+        return showing.item.id if showing is not None and showing.item is not None else None
+
+    @property
     def screen_mode(self) -> ScreenMode:
         return self._screen_mode
 

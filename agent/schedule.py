@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from agent.models import Alert, Item, Manifest, ScreenMode, TickerLine, TimeWindow, When, priority_rank
+from agent.models import Alert, Item, Manifest, Media, ScreenMode, TickerLine, TimeWindow, When, priority_rank
 
 
 @lru_cache(maxsize=16)
@@ -178,3 +178,26 @@ def should_interrupt(current: Item | None, choice: Choice) -> bool:
     if choice.item is None or current is None:
         return False
     return choice.item.priority == "emergency" and current.priority != "emergency"
+
+
+def media_in_order_of_need(manifest: Manifest, now: dt.datetime, current_item_id: str | None) -> list[Media]:
+    """Download order on a slow link: the logo, then what the rotation will show next, then the rest.
+
+    Items whose `when` holds now come first, in rotation order starting after the item on screen,
+    highest class first; then the default item; then every other item in manifest order.
+    """
+    tz = zone(manifest.timezone)
+    live = [item for item in manifest.items if when_holds(item.when, now, tz)]
+    order = {item.id: index for index, item in enumerate(manifest.items)}
+    start = order.get(current_item_id, -1) if current_item_id is not None else -1
+    live.sort(key=lambda item: (-priority_rank(item.priority), (order[item.id] - start - 1) % len(manifest.items)))
+    default = manifest.item_by_id(manifest.default_item)
+    items = live + ([default] if default is not None else []) + list(manifest.items)
+    wanted: list[Media] = []
+    seen: set[str] = set()
+    for media_id in [manifest.layout.logo, *(item.media for item in items), *(m.id for m in manifest.media)]:
+        media = manifest.media_by_id(media_id)
+        if media is not None and media.id not in seen:
+            seen.add(media.id)
+            wanted.append(media)
+    return wanted

@@ -109,6 +109,95 @@ class MediaStore:
         with self._lock:
             self._verified.add(sha256)
 
+    # --- resumable downloads (the HTTP source writes, the store verifies) -----------------------
+
+    def partial_path(self, sha256: str) -> Path:
+        return self.partial_dir / f"{sha256}.download"
+
+    def partial_size(self, sha256: str) -> int:
+        try:
+            return self.partial_path(sha256).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def partial_validator(self, sha256: str) -> str | None:
+        """The ETag the partial bytes came with, for `If-Range` (None: resume is not safe)."""
+        try:
+            return (self.partial_dir / f"{sha256}.validator").read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set_partial_validator(self, sha256: str, validator: str | None) -> None:
+        path = self.partial_dir / f"{sha256}.validator"
+        if validator:
+            path.write_text(validator, encoding="utf-8")
+        else:
+            path.unlink(missing_ok=True)
+
+    def discard_partial(self, sha256: str) -> None:
+        self.partial_path(sha256).unlink(missing_ok=True)
+        self.set_partial_validator(sha256, None)
+
+    def finish_partial(self, sha256: str, size: int, label: str) -> None:
+        """Verify a completed download and make it visible; a wrong file is discarded, never shown."""
+        partial = self.partial_path(sha256)
+        try:
+            actual, actual_size = sha256_of(partial)
+            if actual_size != size:
+                raise MediaError(f"{label}: {actual_size} bytes, the manifest declares {size}")
+            if actual != sha256:
+                raise MediaError(f"{label}: SHA-256 {actual} does not match the manifest's {sha256}")
+            with partial.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, self.root / sha256)
+            fsync_dir(self.root)
+        except BaseException:
+            self.discard_partial(sha256)
+            raise
+        self.set_partial_validator(sha256, None)
+        with self._lock:
+            self._verified.add(sha256)
+
+    # --- quota ------------------------------------------------------------------------------------
+
+    def bytes_used(self) -> int:
+        """Bytes of complete media files on disk (verified or not yet re-checked)."""
+        return sum(size for _, size, _ in self._files())
+
+    def _files(self) -> list[tuple[str, int, float]]:
+        entries = []
+        for path in self.root.iterdir():
+            if path.is_file() and len(path.name) == 64:
+                stat = path.stat()
+                entries.append((path.name, stat.st_size, stat.st_mtime))
+        return entries
+
+    def make_room(self, needed: int, limit: int, keep: set[str]) -> bool:
+        """Evict least recently used media outside `keep` until `needed` more bytes fit under `limit`.
+
+        Returns False when even evicting everything allowed would not make room.
+        """
+        files = self._files()
+        used = sum(size for _, size, _ in files)
+        if used + needed <= limit:
+            return True
+        for sha, size, _ in sorted((f for f in files if f[0] not in keep), key=lambda f: f[2]):
+            (self.root / sha).unlink(missing_ok=True)
+            with self._lock:
+                self._verified.discard(sha)
+            log.info("cache: evicted %s (%d bytes) to stay under %d bytes", sha[:12], size, limit)
+            used -= size
+            if used + needed <= limit:
+                return True
+        return False
+
+    def touch(self, sha256: str) -> None:
+        """Mark media as just shown (eviction takes the least recently shown first)."""
+        try:
+            os.utime(self.root / sha256)
+        except OSError:
+            pass
+
     def import_file(self, path: Path, sha256: str, size: int, label: str) -> None:
         try:
             with path.open("rb") as handle:

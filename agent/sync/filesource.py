@@ -113,6 +113,9 @@ class FileSource:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def status(self) -> dict[str, object]:
+        return {"folder": str(self.folder)}
+
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

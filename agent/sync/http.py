@@ -1,0 +1,421 @@
+"""The HTTP(S) source (PROTOCOL.md §1-§2, §7): conditional manifest polls and resumable media.
+
+Built for metered 3G SIMs that drop: every request has connect/read timeouts and an overall
+deadline; polls send `If-None-Match` (the ETag survives restarts); media resume with `Range` +
+`If-Range` from the partial file; errors back off exponentially with jitter (cap 15 min) and honour
+`Retry-After`. A new manifest becomes current once its media are in (or failed for good), so the
+old content plays on meanwhile; on a first boot with nothing to play it becomes current at once and
+items appear as their media are verified. Every answer's `Date` sets the clock offset.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from agent.models import Manifest, Media
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 10.0
+BACKOFF_CAP_S = 15 * 60.0
+RETRY_AFTER_CAP_S = 24 * 3600.0
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MIN_MEDIA_RATE = 4 * 1024  # bytes/s a download must average before its overall deadline cuts it
+CHUNK = 64 * 1024
+PERMANENT_STATUSES = {400, 401, 403, 404, 410}
+RETRY_FAILED_MEDIA_S = 3600.0  # a media that failed for good is tried again this much later (or with a new manifest)
+
+
+class SourceError(Exception):
+    """A request failed; `retry_after` is the server's wish (seconds), `permanent` means retrying won't help."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class ManifestSink(Protocol):
+    @property
+    def etag(self) -> str | None: ...
+    def offer(self, raw: bytes, origin: str) -> Manifest | None: ...
+    def commit(self, manifest: Manifest, raw: bytes, etag: str | None = None) -> None: ...
+    def remember_etag(self, etag: str | None) -> None: ...
+    def current(self) -> Manifest | None: ...
+    def media_changed(self) -> None: ...
+
+
+class MediaSink(Protocol):
+    def verified(self) -> frozenset[str]: ...
+    def partial_size(self, sha256: str) -> int: ...
+    def partial_path(self, sha256: str) -> Any: ...
+    def partial_validator(self, sha256: str) -> str | None: ...
+    def set_partial_validator(self, sha256: str, validator: str | None) -> None: ...
+    def discard_partial(self, sha256: str) -> None: ...
+    def finish_partial(self, sha256: str, size: int, label: str) -> None: ...
+    def make_room(self, needed: int, limit: int, keep: set[str]) -> bool: ...
+
+
+class ProblemSink(Protocol):
+    def report(self, key: str, message: str) -> None: ...
+    def resolve(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    base_url: str
+    device_id: str
+    token: str | None
+    ca_file: str | None
+    poll_interval_s: float
+    cache_limit_bytes: int
+    user_agent: str
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    manifest_deadline_s: float = 120.0
+
+    @property
+    def manifest_url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/devices/{self.device_id}/manifest"
+
+
+class Backoff:
+    """Exponential with "equal jitter": half fixed, half random, so a fleet does not retry in step."""
+
+    def __init__(self, rng: random.Random, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> None:
+        self._rng = rng
+        self._base_s = base_s
+        self._cap_s = cap_s
+        self.failures = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        ceiling = min(self._cap_s, self._base_s * 2 ** (self.failures - 1))
+        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class HttpSource:
+    """Owns the "http-source" thread: poll, download, switch; sleeps between with jitter."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        content: ManifestSink,
+        store: MediaSink,
+        problems: ProblemSink,
+        stop: threading.Event,
+        on_change: Callable[[], None],
+        set_clock_offset: Callable[[float], None],
+        media_order: Callable[[Manifest], Sequence[Media]],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._content = content
+        self._store = store
+        self._problems = problems
+        self._stop = stop
+        self._on_change = on_change
+        self._set_clock_offset = set_clock_offset
+        self._media_order = media_order
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(self._rng)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = settings.user_agent
+        self._session.verify = settings.ca_file or True
+        self._origin = _origin(settings.base_url)
+        self._pending: tuple[Manifest, bytes, str | None] | None = None
+        # sha256 → monotonic time to try again: a 404 or wrong bytes are not fetched again every poll.
+        self._failed_for_good: dict[str, float] = {}
+        self._progress: dict[str, Any] | None = None
+        self.last_sync_ok_at: float | None = None
+
+    # --- thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="http-source", daemon=True)
+        self._thread.start()
+
+    def request_sync(self) -> None:
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._session.close()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        pending = self._pending
+        return {
+            "pending_manifest_serial": pending[0].serial if pending else None,
+            "download": dict(self._progress) if self._progress else None,
+            "failures_in_a_row": self._backoff.failures,
+        }
+
+    def _run(self) -> None:
+        # A random first delay spreads a district's boards after a power cut comes back.
+        first = self._rng.uniform(0, min(10.0, self.settings.poll_interval_s / 10))
+        self._wake.wait(first)
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.sync_once()
+                self._backoff.reset()
+                self._problems.resolve("source")
+                interval = self.settings.poll_interval_s
+                delay = self._rng.uniform(interval * 0.9, interval * 1.1)
+            except SourceError as exc:
+                delay = self._backoff.next_delay(exc.retry_after)
+                self._problems.report("source", f"source {self.settings.base_url}: {exc}")
+                log.info("next try in %.0f s (failure %d in a row)", delay, self._backoff.failures)
+            except Exception:  # a bug must not end the thread: the board keeps trying
+                log.exception("http source failed")
+                delay = self._backoff.next_delay()
+            self._wake.wait(delay)
+
+    # --- one round -------------------------------------------------------------------------------
+
+    def sync_once(self) -> None:
+        """Poll the manifest, fetch what is missing, switch when ready. Raises SourceError."""
+        self._poll_manifest()
+        target = self._pending[0] if self._pending else self._content.current()
+        if target is None:
+            return
+        transient = self._fetch_media(target)
+        if self._pending is not None:
+            manifest, raw, etag = self._pending
+            if transient is None:  # everything is in, or failed for good (reported): switch
+                self._content.commit(manifest, raw, etag)
+                self._pending = None
+                self._on_change()
+        if transient is not None:
+            raise transient
+
+    def _poll_manifest(self) -> None:
+        pending_etag = self._pending[2] if self._pending else None
+        etag = pending_etag or self._content.etag
+        headers = {"If-None-Match": etag} if etag else {}
+        with self._request(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as response:
+            if response.status_code == 304:
+                self.last_sync_ok_at = time.time()
+                return
+            if response.status_code != 200:
+                raise self._http_error(response, "manifest")
+            raw = self._read_limited(response, MAX_MANIFEST_BYTES, time.monotonic() + self.settings.manifest_deadline_s)
+            new_etag = response.headers.get("ETag")
+        self.last_sync_ok_at = time.time()
+        try:
+            manifest = self._content.offer(raw, self.settings.manifest_url)
+        except ValueError:
+            return  # reported by the content; the current manifest plays on; retried at the next poll
+        if manifest is None:
+            self._pending = None
+            self._content.remember_etag(new_etag)
+            return
+        self._failed_for_good.clear()
+        if self._content.current() is None:
+            # Nothing to keep playing: current at once; items become playable as their media arrive.
+            self._content.commit(manifest, raw, new_etag)
+            self._pending = None
+            self._on_change()
+        else:
+            self._pending = (manifest, raw, new_etag)
+            log.info("manifest serial %d accepted; fetching its media before switching", manifest.serial)
+
+    # --- media -----------------------------------------------------------------------------------
+
+    def _fetch_media(self, manifest: Manifest) -> SourceError | None:
+        """Download missing media one at a time in order of need; the first transient error stops the round."""
+        keep = {m.sha256 for m in manifest.media}
+        current = self._content.current()
+        if current is not None:
+            keep |= {m.sha256 for m in current.media}
+        for media in self._media_order(manifest):
+            if self._stop.is_set():
+                return SourceError("stopping")
+            if media.sha256 in self._store.verified():
+                self._problems.resolve(f"media:{media.id}")
+                continue
+            if self._failed_for_good.get(media.sha256, 0.0) > time.monotonic():
+                continue
+            if not self._store.make_room(media.size, self.settings.cache_limit_bytes, keep):
+                self._problems.report("cache", f"storage.cache_max_mb is too small for media {media.id} ({media.size} bytes)")
+                self._failed_for_good[media.sha256] = time.monotonic() + RETRY_FAILED_MEDIA_S
+                continue
+            try:
+                self._download(media, urljoin(self.settings.manifest_url, media.url))
+            except SourceError as exc:
+                self._problems.report(f"media:{media.id}", f"media {media.id}: {exc}")
+                if exc.permanent:
+                    self._failed_for_good[media.sha256] = time.monotonic() + RETRY_FAILED_MEDIA_S
+                    continue
+                return exc
+            self._problems.resolve(f"media:{media.id}")
+            self._content.media_changed()
+            self._on_change()
+        return None
+
+    def _download(self, media: Media, url: str) -> None:
+        store, sha = self._store, media.sha256
+        have = store.partial_size(sha)
+        validator = store.partial_validator(sha)
+        if have > media.size or (have and not validator):
+            store.discard_partial(sha)  # more than declared, or bytes we cannot prove belong together
+            have = 0
+        if have == media.size:
+            self._finish(media)
+            return
+        headers = {"Range": f"bytes={have}-", "If-Range": validator} if have and validator else {}
+        deadline = time.monotonic() + max(120.0, (media.size - have) / MIN_MEDIA_RATE)
+        label = f"media {media.id}"
+        log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
+        with self._request(url, headers, deadline - time.monotonic()) as response:
+            if response.status_code == 416:
+                store.discard_partial(sha)  # the server says our offset is past its file: start over
+                raise SourceError("416 Range Not Satisfiable: restarting the download")
+            if response.status_code == 206:
+                if not _content_range_starts_at(response.headers.get("Content-Range"), have):
+                    store.discard_partial(sha)
+                    raise SourceError(f"206 for the wrong range ({response.headers.get('Content-Range')})")
+                mode = "ab"
+            elif response.status_code == 200:
+                have, mode = 0, "wb"  # the file changed (If-Range failed) or ranges are not supported
+            else:
+                raise self._http_error(response, label)
+            store.set_partial_validator(sha, response.headers.get("ETag"))
+            started, started_at = have, time.monotonic()
+            with open(store.partial_path(sha), mode) as out:
+                for chunk in self._chunks(response, deadline):
+                    have += len(chunk)
+                    if have > media.size:
+                        out.close()
+                        store.discard_partial(sha)
+                        raise SourceError(f"the server sent more than the declared {media.size} bytes", permanent=True)
+                    out.write(chunk)
+                    rate = (have - started) / max(1e-3, time.monotonic() - started_at)
+                    self._progress = {"media": media.id, "bytes_done": have, "bytes_total": media.size,
+                                      "eta_s": round((media.size - have) / rate) if rate > 0 else None}
+        self._progress = None
+        if have < media.size:
+            raise SourceError(f"transfer ended at {have} of {media.size} bytes; will resume")
+        self._finish(media)
+
+    def _finish(self, media: Media) -> None:
+        try:
+            self._store.finish_partial(media.sha256, media.size, f"media {media.id}")
+        except ValueError as exc:  # MediaError: wrong bytes are thrown away, never shown
+            raise SourceError(str(exc), permanent=True) from None
+        log.info("media %s verified (%d bytes)", media.id, media.size)
+
+    # --- HTTP plumbing ---------------------------------------------------------------------------
+
+    def _request(self, url: str, headers: dict[str, str], deadline_s: float) -> requests.Response:
+        request_headers = dict(headers)
+        if self.settings.token and _origin(url) == self._origin:
+            # The device token goes to the province's source only, never to a third-party media host.
+            request_headers["Authorization"] = f"Bearer {self.settings.token}"
+        try:
+            response = self._session.get(url, headers=request_headers, stream=True,
+                                         timeout=(self.settings.connect_timeout_s,
+                                                  min(self.settings.read_timeout_s, max(1.0, deadline_s))))
+        except requests.exceptions.SSLError as exc:
+            raise SourceError(f"TLS verification failed for {url}: {exc}") from None
+        except requests.RequestException as exc:
+            raise SourceError(f"cannot reach {url}: {_short(exc)}") from None
+        self._note_clock(response)
+        return response
+
+    def _note_clock(self, response: requests.Response) -> None:
+        date = response.headers.get("Date")
+        if not date:
+            return
+        try:
+            source_time = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        self._set_clock_offset(source_time - time.time())
+
+    def _chunks(self, response: requests.Response, deadline: float) -> Iterator[bytes]:
+        """The body as it arrives. A dropped link ends the iteration early instead of raising, so
+        every byte already received is kept (requests' iter_content would drop its buffer); the
+        caller compares what it got with the declared size."""
+        raw = response.raw
+        raw.enforce_content_length = False
+        try:
+            while chunk := raw.read(CHUNK, decode_content=True):
+                yield chunk
+                if time.monotonic() > deadline:
+                    raise SourceError("transfer too slow: cut at its deadline; will resume")
+                if self._stop.is_set():
+                    raise SourceError("stopping")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SourceError(f"transfer interrupted: {_short(exc)}") from None
+
+    def _read_limited(self, response: requests.Response, limit: int, deadline: float) -> bytes:
+        body = bytearray()
+        for chunk in self._chunks(response, deadline):
+            body.extend(chunk)
+            if len(body) > limit:
+                raise SourceError(f"manifest larger than {limit} bytes")
+        return bytes(body)
+
+    def _http_error(self, response: requests.Response, what: str) -> SourceError:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time()) \
+            if response.status_code in (429, 503) else None
+        return SourceError(f"{what}: HTTP {response.status_code} {response.reason}",
+                           retry_after=retry_after, permanent=response.status_code in PERMANENT_STATUSES)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _content_range_starts_at(value: str | None, start: int) -> bool:
+    return bool(value) and value.replace("bytes ", "").split("-", 1)[0].strip() == str(start)  # type: ignore[union-attr]
+
+
+def _short(exc: Exception) -> str:
+    """requests' messages nest; the innermost reason is what a technician needs."""
+    text = str(exc)
+    for marker in ("Failed to resolve", "Connection refused", "timed out", "Name or service not known",
+                   "Network is unreachable", "No route to host"):
+        if marker in text:
+            return marker.lower()
+    return text if len(text) < 160 else text[:157] + "..."

@@ -1,0 +1,133 @@
+"""`python -m refsource`: keys, publishing a folder as a signed manifest, serving it.
+
+  python -m refsource keygen --out province-key.json
+  python -m refsource publish --content ./bulletin --site ./site --device vinhthuan-ubnd-01 --key province-key.json
+  python -m refsource serve --site ./site --port 8080 [--token T]
+
+`publish` reads `<content>/manifest.json`, whose media entries name files in the folder by `url`
+(`sha256`, `size` and `type` may be left out: they are filled in), copies each file into
+`<site>/media/<sha256>.<ext>` (one store for every board), points the urls there, sets the serial
+to one more than the site's last for that device (or `--serial`), signs with the key, and writes
+`<site>/devices/<device>/manifest`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import json
+import mimetypes
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.manifest import MANIFEST_PAYLOAD_TYPE, keyid_of, open_envelope, sign_envelope
+from refsource.server import ReferenceServer, SourceState
+
+DEFAULT_BASE_PATH = "/api/bangtin/v1"
+
+
+def keygen(out: Path) -> dict[str, str]:
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    key = {"private_seed_b64": base64.b64encode(private.private_bytes_raw()).decode(),
+           "public_key_b64": base64.b64encode(public).decode(), "keyid": keyid_of(public)}
+    out.write_text(json.dumps(key, indent=2))
+    out.chmod(0o600)
+    return key
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(json.loads(path.read_text())["private_seed_b64"]))
+
+
+def last_serial(site: Path, device: str) -> int:
+    path = site / "devices" / device / "manifest"
+    if not path.exists():
+        return 0
+    document, _ = open_envelope(path.read_bytes(), MANIFEST_PAYLOAD_TYPE, ())
+    return int(document.get("serial", 0))
+
+
+def publish(content: Path, site: Path, device: str, key: Path | None, serial: int | None = None,
+            base_path: str = DEFAULT_BASE_PATH) -> dict[str, Any]:
+    manifest = json.loads((content / "manifest.json").read_text(encoding="utf-8"))
+    (site / "media").mkdir(parents=True, exist_ok=True)
+    for media in manifest.get("media", []):
+        source = content / media["url"]
+        data = source.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        suffix = source.suffix.lower()
+        target = site / "media" / f"{sha}{suffix}"
+        if not target.exists():
+            shutil.copyfile(source, target)
+        media.update(sha256=sha, size=len(data), url=f"{base_path.rstrip('/')}/media/{sha}{suffix}")
+        media.setdefault("type", mimetypes.guess_type(source.name)[0] or "application/octet-stream")
+    manifest["schema"] = "bangtin.manifest/1"
+    manifest["serial"] = serial if serial is not None else last_serial(site, device) + 1
+    manifest.setdefault("issued_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    payload = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
+    body = json.dumps(sign_envelope(payload, MANIFEST_PAYLOAD_TYPE, load_private_key(key))).encode() if key else payload
+    out = site / "devices" / device / "manifest"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(body)
+    return manifest
+
+
+def load_site(site: Path, state: SourceState) -> None:
+    """Every device's manifest and every media file of a published site."""
+    devices = site / "devices"
+    if devices.is_dir():
+        for device in devices.iterdir():
+            if (device / "manifest").is_file():
+                state.manifests[device.name] = (device / "manifest").read_bytes()
+    for file in (site / "media").glob("*") if (site / "media").is_dir() else []:
+        state.media[f"{state.base_path.rstrip('/')}/media/{file.name}"] = file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m refsource", description="bangtin reference source (tests, development)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    k = commands.add_parser("keygen", help="make an Ed25519 signing key (JSON, mode 0600)")
+    k.add_argument("--out", type=Path, required=True)
+    p = commands.add_parser("publish", help="sign a content folder into a site for one device")
+    p.add_argument("--content", type=Path, required=True)
+    p.add_argument("--site", type=Path, required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--key", type=Path, help="signing key from keygen (without it: a bare manifest)")
+    p.add_argument("--serial", type=int, help="default: the site's last serial for the device + 1")
+    p.add_argument("--base-path", default=DEFAULT_BASE_PATH)
+    s = commands.add_parser("serve", help="serve a site over HTTP")
+    s.add_argument("--site", type=Path, required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--base-path", default=DEFAULT_BASE_PATH)
+    s.add_argument("--token", default=os.environ.get("REFSOURCE_TOKEN"), help="require this bearer token")
+    args = parser.parse_args(argv)
+    if args.command == "keygen":
+        key = keygen(args.out)
+        print(f"{args.out}: keyid {key['keyid']}\nput on the boards (security.manifest_keys): {key['public_key_b64']}")
+        return 0
+    if args.command == "publish":
+        manifest = publish(args.content, args.site, args.device, args.key, args.serial, args.base_path)
+        print(f"published serial {manifest['serial']} for {args.device} ({len(manifest.get('items', []))} items)"
+              f"{'' if args.key else ' UNSIGNED'}")
+        return 0
+    state = SourceState(base_path=args.base_path, token=args.token)
+    load_site(args.site, state)
+    server = ReferenceServer((args.host, args.port), state)
+    print(f"serving {len(state.manifests)} device(s) at {server.base_url}", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

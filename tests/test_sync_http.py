@@ -1,0 +1,329 @@
+"""The HTTP source against the reference source on loopback: polls, resume, faults, switching, cache."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent import schedule
+from agent.cache.store import MediaStore
+from agent.content import Content
+from agent.health import Problems
+from agent.manifest import accept_manifest, load_trusted_keys
+from agent.sync.http import Backoff, HttpSettings, HttpSource, SourceError, parse_retry_after
+from refsource.server import Faults, ReferenceServer, SourceState, strong_etag
+from tests.conftest import VECTORS, base_manifest, sign_manifest, wait_for
+
+DEVICE = "vinhthuan-ubnd-01"
+BASE = "/api/bangtin/v1"
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    srv = ReferenceServer(("127.0.0.1", 0), SourceState(base_path=BASE, token="tok-123")).start()
+    yield srv
+    srv.stop()
+
+
+def media_file(tmp_path: Path, name: str, size: int, seed: int = 1) -> Path:
+    path = tmp_path / "site" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+def publish(server: ReferenceServer, key: Ed25519PrivateKey, serial: int, files: dict[str, Path],
+            raw: bytes | None = None, **changes: Any) -> dict[str, Any]:
+    """Serve a manifest with one image item per file, media root-relative under the API."""
+    media = []
+    for media_id, path in files.items():
+        data = path.read_bytes()
+        media.append({"id": media_id, "url": f"{BASE}/media/{path.name}", "sha256": hashlib.sha256(data).hexdigest(),
+                      "size": len(data), "type": "image/png"})
+    manifest = base_manifest(serial, media=media, items=[
+        {"id": f"i-{m['id']}", "type": "image", "media": m["id"], "duration_s": 10} for m in media], **changes)
+    server.publish(DEVICE, raw if raw is not None else sign_manifest(manifest, key),
+                   {f"{BASE}/media/{p.name}": p for p in files.values()})
+    return manifest
+
+
+class Board:
+    """HttpSource wired to a real Content and store, as main.py does (no display, no thread unless started)."""
+
+    def __init__(self, tmp_path: Path, server: ReferenceServer, keys: list[str], *, token: str | None = "tok-123",
+                 cache_limit: int = 1 << 30, read_timeout: float = 5.0, base_url: str | None = None) -> None:
+        self.problems = Problems()
+        self.store = MediaStore(tmp_path / "state" / "media")
+        self.store.open()
+        self.content = Content(tmp_path / "state", self.store, self.problems, keys=load_trusted_keys(keys),
+                               device_id=DEVICE, groups=["angiang"])
+        self.content.restore()
+        self.stop = threading.Event()
+        self.offsets: list[float] = []
+        self.settings = HttpSettings(base_url=base_url or server.base_url, device_id=DEVICE, token=token, ca_file=None,
+                                     poll_interval_s=30, cache_limit_bytes=cache_limit, user_agent="bangtin-agent/test",
+                                     read_timeout_s=read_timeout)
+        self.source = HttpSource(self.settings, self.content, self.store, self.problems, self.stop, lambda: None,
+                                 self.offsets.append, lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None),
+                                 rng=random.Random(7))
+
+    def serial(self) -> int | None:
+        manifest = self.content.current()
+        return manifest.serial if manifest else None
+
+    def errors(self) -> str:
+        return "\n".join(self.problems.current())
+
+
+@pytest.fixture
+def keys(public_key_b64: str) -> list[str]:
+    return [public_key_b64]
+
+
+def test_first_sync_then_conditional_polls_even_across_restart(tmp_path, server, private_key, keys) -> None:
+    files = {"m1": media_file(tmp_path, "a.png", 50_000)}
+    publish(server, private_key, 1, files)
+    board = Board(tmp_path, server, keys)
+    board.source.sync_once()
+    assert board.serial() == 1
+    assert board.store.path_for(hashlib.sha256(files["m1"].read_bytes()).hexdigest()) is not None
+    first_poll = server.requests_to("/manifest")[0]
+    assert first_poll.headers["Authorization"] == "Bearer tok-123"
+    assert first_poll.headers["User-Agent"] == "bangtin-agent/test"
+    board.source.sync_once()
+    second = server.requests_to("/manifest")[-1]
+    assert second.status == 304 and second.headers["If-None-Match"].startswith('"')
+    restarted = Board(tmp_path, server, keys)  # the ETag is persisted with the accepted manifest
+    restarted.source.sync_once()
+    assert server.requests_to("/manifest")[-1].status == 304
+    assert len(server.requests_to(".png")) == 1  # media fetched once, never again
+
+
+def test_cut_transfer_resumes_with_range_and_if_range(tmp_path, server, private_key, keys) -> None:
+    size = 200_000
+    files = {"m1": media_file(tmp_path, "big.png", size)}
+    publish(server, private_key, 1, files)
+    server.state.faults = Faults(cut_media_after_bytes=size // 2, cut_times=1)
+    board = Board(tmp_path, server, keys)
+    with pytest.raises(SourceError, match=r"will resume|interrupted"):
+        board.source.sync_once()
+    sha = hashlib.sha256(files["m1"].read_bytes()).hexdigest()
+    assert board.store.partial_size(sha) == size // 2
+    assert board.store.path_for(sha) is None  # half a file is never visible
+    board.source.sync_once()
+    media_requests = server.requests_to("big.png")
+    assert len(media_requests) == 2
+    assert "Range" not in media_requests[0].headers
+    assert media_requests[1].headers["Range"] == f"bytes={size // 2}-"
+    assert media_requests[1].headers["If-Range"] == strong_etag(files["m1"].read_bytes())  # the first answer's ETag
+    assert media_requests[1].status == 206
+    assert sum(r.body_bytes_sent for r in media_requests) == size  # not one byte fetched twice
+    assert board.store.path_for(sha) is not None
+
+
+def test_changed_file_behind_a_partial_restarts_from_zero(tmp_path, server, private_key, keys) -> None:
+    files = {"m1": media_file(tmp_path, "c.png", 100_000)}
+    publish(server, private_key, 1, files)
+    board = Board(tmp_path, server, keys)
+    sha = hashlib.sha256(files["m1"].read_bytes()).hexdigest()
+    board.store.partial_path(sha).write_bytes(b"x" * 1000)  # bytes from some other version of the file
+    board.store.set_partial_validator(sha, '"stale-etag"')
+    board.source.sync_once()
+    request = server.requests_to("c.png")[-1]
+    assert request.headers["If-Range"] == '"stale-etag"' and request.status == 200  # If-Range failed: whole file
+    assert board.store.path_for(sha) is not None
+
+
+def test_wrong_or_oversized_bytes_are_never_shown(tmp_path, server, private_key, keys) -> None:
+    files = {"m1": media_file(tmp_path, "w.png", 30_000)}
+    publish(server, private_key, 1, files)
+    server.state.faults = Faults(wrong_media_bytes=True)
+    board = Board(tmp_path, server, keys)
+    board.source.sync_once()  # wrong bytes are a permanent failure of that media, not of the round
+    sha = hashlib.sha256(files["m1"].read_bytes()).hexdigest()
+    assert board.store.path_for(sha) is None and "does not match the manifest's" in board.errors()
+    assert not any((board.store.root / "partial").iterdir())
+    other = {"m2": media_file(tmp_path, "x.png", 30_000, seed=2)}
+    publish(server, private_key, 2, other)
+    server.state.faults = Faults(extra_media_bytes=5000)
+    board.source.sync_once()
+    assert "more than the declared 30000 bytes" in board.errors()
+    assert server.requests_to("x.png")[-1].body_bytes_sent == 35_000  # the server tried; the board cut it
+    assert board.store.path_for(hashlib.sha256(other["m2"].read_bytes()).hexdigest()) is None
+
+
+def test_rejected_manifests_keep_the_old_one_and_say_why(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 42, {"m1": media_file(tmp_path, "a.png", 1000)})
+    board = Board(tmp_path, server, keys)
+    board.source.sync_once()
+    assert board.serial() == 42
+    server.publish(DEVICE, (VECTORS / "manifest.tampered.json").read_bytes())
+    board.source.sync_once()
+    assert "signature not valid for any trusted key" in board.errors() and board.serial() == 42
+    publish(server, private_key, 41, {"m1": media_file(tmp_path, "a.png", 1000)})
+    board.source.sync_once()
+    assert "serial 41 is lower than the accepted 42" in board.errors() and board.serial() == 42
+    publish(server, private_key, 43, {"m1": media_file(tmp_path, "a.png", 1000)}, audience=["someone-else"])
+    board.source.sync_once()
+    assert "names neither this board" in board.errors() and board.serial() == 42
+
+
+def test_new_manifest_switches_only_when_its_media_are_in(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 1, {"m1": media_file(tmp_path, "one.png", 1000)})
+    board = Board(tmp_path, server, keys)
+    board.source.sync_once()
+    size = 120_000
+    publish(server, private_key, 2, {"m2": media_file(tmp_path, "two.png", size, seed=9)})
+    server.state.faults = Faults(cut_media_after_bytes=size // 3, cut_times=1)
+    with pytest.raises(SourceError):
+        board.source.sync_once()
+    assert board.serial() == 1  # the old content plays on while the new media download
+    assert board.source.status()["pending_manifest_serial"] == 2
+    board.source.sync_once()
+    assert board.serial() == 2 and board.source.status()["pending_manifest_serial"] is None
+    assert server.requests_to("/manifest")[-1].headers["If-None-Match"]  # the pending one's ETag: a 304
+
+
+def test_retry_after_is_honoured_and_backoff_is_capped(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 1, {"m1": media_file(tmp_path, "a.png", 1000)})
+    server.state.faults = Faults(unavailable_times=1, retry_after_s=2, apply_to="manifest")
+    board = Board(tmp_path, server, keys)
+    board.source.start()
+    try:
+        wait_for(lambda: board.serial() == 1, timeout=20, what="sync after the 503")
+    finally:
+        board.stop.set()
+        board.source.join(5)
+    polls = server.requests_to("/manifest")
+    assert polls[0].status == 503 and polls[1].status == 200
+    assert polls[1].at - polls[0].at >= 2.0  # not before the server's Retry-After
+    backoff = Backoff(random.Random(3))
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert delays[0] <= 10 and max(delays) <= 15 * 60 and delays[-1] >= 7.5 * 60
+    assert Backoff(random.Random(3)).next_delay(retry_after=300) >= 300
+    assert parse_retry_after("120", 0) == 120
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470) == 10
+
+
+def test_a_stalled_server_does_not_hang_the_board(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 1, {"m1": media_file(tmp_path, "a.png", 1000)})
+    server.state.faults = Faults(stall_s=4, stall_times=1, apply_to="manifest")
+    board = Board(tmp_path, server, keys, read_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"timed out|cannot reach"):
+        board.source.sync_once()
+    assert time.monotonic() - started < 3.5
+    board.source.sync_once()
+    assert board.serial() == 1
+
+
+def test_clock_offset_from_the_date_header(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 1, {"m1": media_file(tmp_path, "a.png", 1000)})
+    server.state.faults = Faults(date_offset_s=3600)
+    board = Board(tmp_path, server, keys)
+    board.source.sync_once()
+    assert board.offsets and all(abs(offset - 3600) < 3 for offset in board.offsets)
+
+
+def test_token_goes_only_to_the_source_not_to_other_media_hosts(tmp_path, server, private_key, keys) -> None:
+    cdn = ReferenceServer(("127.0.0.1", 0), SourceState(base_path="/cdn")).start()
+    try:
+        path = media_file(tmp_path, "cdn.png", 5000)
+        data = path.read_bytes()
+        cdn.publish("unused", b"{}", {"/cdn/cdn.png": path})
+        manifest = base_manifest(1, media=[{"id": "m1", "url": f"http://127.0.0.1:{cdn.server_address[1]}/cdn/cdn.png",
+                                            "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                            "type": "image/png"}],
+                                 items=[{"id": "i1", "type": "image", "media": "m1", "duration_s": 5}])
+        server.publish(DEVICE, sign_manifest(manifest, private_key))
+        board = Board(tmp_path, server, keys)
+        board.source.sync_once()
+        assert board.store.path_for(hashlib.sha256(data).hexdigest()) is not None
+        assert "Authorization" not in cdn.requests_to("cdn.png")[0].headers
+    finally:
+        cdn.stop()
+
+
+def test_cache_limit_evicts_old_media_never_the_current_manifests(tmp_path, server, private_key, keys) -> None:
+    one = media_file(tmp_path, "one.png", 400_000, seed=1)
+    two = media_file(tmp_path, "two.png", 400_000, seed=2)
+    board = Board(tmp_path, server, keys, cache_limit=1_000_000)
+    publish(server, private_key, 1, {"m1": one})
+    board.source.sync_once()
+    publish(server, private_key, 2, {"m2": two})
+    board.source.sync_once()
+    three = media_file(tmp_path, "three.png", 400_000, seed=3)
+    publish(server, private_key, 3, {"m2": two, "m3": three})
+    board.source.sync_once()
+    sha = {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in (("1", one), ("2", two), ("3", three))}
+    assert board.serial() == 3
+    assert board.store.path_for(sha["2"]) and board.store.path_for(sha["3"])
+    assert not (board.store.root / sha["1"]).exists()  # the one no manifest needs went
+    assert board.store.bytes_used() <= 1_000_000
+    four = media_file(tmp_path, "four.png", 900_000, seed=4)
+    publish(server, private_key, 4, {"m2": two, "m4": four})
+    board.source.sync_once()  # cannot fit without evicting current media: refused, reported, old plays on
+    assert "cache_max_mb is too small" in board.errors()
+    assert board.store.path_for(sha["2"]) and board.store.path_for(sha["3"])
+
+
+def test_unreachable_source_is_reported_and_content_stays(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 1, {"m1": media_file(tmp_path, "a.png", 1000)})
+    Board(tmp_path, server, keys).source.sync_once()
+    offline = Board(tmp_path, server, keys, base_url="http://127.0.0.1:9/api")  # discard port: refused
+    assert offline.serial() == 1  # restored from storage before any network
+    with pytest.raises(SourceError, match=r"connection refused|cannot reach"):
+        offline.source.sync_once()
+    assert offline.serial() == 1
+
+
+def test_media_order_puts_the_next_item_first() -> None:
+    manifest = accept_manifest(json.dumps(base_manifest(1, media=[
+        {"id": f"m{n}", "url": f"m{n}.png", "sha256": str(n) * 64, "size": 1, "type": "image/png"} for n in range(1, 6)],
+        items=[{"id": f"i{n}", "type": "image", "media": f"m{n}", "duration_s": 5} for n in range(1, 5)]
+        + [{"id": "late", "type": "image", "media": "m5", "duration_s": 5, "when": {"from": "2099-01-01T00:00:00Z"}}],
+        layout={"header": {"title": "X", "logo": "m4"}})).encode(), keys=(), device_id="b", groups=(), last_serial=None)
+    order = [m.id for m in schedule.media_in_order_of_need(manifest, dt.datetime(2026, 11, 26, tzinfo=dt.UTC), "i2")]
+    assert order == ["m4", "m3", "m1", "m2", "m5"]  # logo, then i3 (after the current i2), i4's m4 (dup), i1, i2, late
+
+
+def test_agent_process_syncs_over_http_and_boots_offline_from_its_cache(
+        tmp_path, server, private_key, public_key_b64, agent_factory) -> None:
+    """`bangtin-agent run` with an http:// source; then a boot with no DNS plays the cache within seconds."""
+    import yaml
+
+    from tests.conftest import RunningAgent, write_config, write_png
+
+    png = write_png(tmp_path / "site" / "poster.png", (160, 90), (220, 20, 20))
+    publish(server, private_key, 5, {"m1": png})
+    config_path = write_config(tmp_path / "agent.yaml", tmp_path / "unused", tmp_path / "state", [public_key_b64])
+    config = yaml.safe_load(config_path.read_text())
+    config["source"] = {"url": server.base_url, "token": "tok-123", "poll_interval_s": 10}
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    agent: RunningAgent = agent_factory(config_path).start()
+    wait_for(lambda: agent.status()["current_item"] == "i-m1", timeout=20, what="the synced item on screen")
+    status = agent.status()
+    assert status["manifest_serial"] == 5 and status["errors"] == []
+    assert status["last_sync_ok_at"] is not None and abs(status["clock_offset_s"]) < 5
+    assert agent.stop() == 0
+
+    config["source"]["url"] = "http://bangtin-source.invalid/api"  # no DNS answer, as on a board with no link
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    started = time.monotonic()
+    offline = agent_factory(config_path).start()
+    wait_for(lambda: offline.status()["current_item"] == "i-m1", timeout=10, what="cached content with no network")
+    assert time.monotonic() - started < 10
+    wait_for(lambda: any("cannot reach" in e for e in offline.status()["errors"]), timeout=15,
+             what="the unreachable source reported")
+    assert offline.status()["manifest_serial"] == 5
+    assert offline.stop() == 0
