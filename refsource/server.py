@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -278,15 +279,18 @@ class Handler(BaseHTTPRequestHandler):
 class ReferenceServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: SourceState) -> None:
+    def __init__(self, address: tuple[str, int], state: SourceState, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(address, Handler)
         self.state = state
+        self._tls = tls
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}{self.state.base_path}"
+        return f"{'https' if self._tls else 'http'}://{host!s}:{port}{self.state.base_path}"
 
     def start(self) -> ReferenceServer:
         self._thread = threading.Thread(target=self.serve_forever, name="refsource", daemon=True)

@@ -327,3 +327,118 @@ def test_agent_process_syncs_over_http_and_boots_offline_from_its_cache(
              what="the unreachable source reported")
     assert offline.status()["manifest_serial"] == 5
     assert offline.stop() == 0
+
+
+def make_tls(tmp_path: Path) -> tuple[Any, Path]:
+    """A throwaway CA-less self-signed certificate for 127.0.0.1, as a provincial PKI might issue."""
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tttn.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "ca.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path
+
+
+def test_https_verifies_the_certificate_with_the_configured_ca_file(tmp_path, private_key, keys) -> None:
+    context, ca_file = make_tls(tmp_path)
+    tls_server = ReferenceServer(("127.0.0.1", 0), SourceState(base_path=BASE, token="tok-123"), tls=context).start()
+    try:
+        publish(tls_server, private_key, 1, {"m1": media_file(tmp_path, "a.png", 2000)})
+        untrusting = Board(tmp_path / "a", tls_server, keys)
+        with pytest.raises(SourceError, match="TLS verification failed"):
+            untrusting.source.sync_once()
+        assert untrusting.serial() is None
+        trusting = Board(tmp_path / "b", tls_server, keys)
+        trusting.source = HttpSource(
+            HttpSettings(**{**trusting.settings.__dict__, "ca_file": str(ca_file)}), trusting.content, trusting.store,
+            trusting.problems, trusting.stop, lambda: None, trusting.offsets.append,
+            lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None))
+        trusting.source.sync_once()
+        assert trusting.serial() == 1
+    finally:
+        tls_server.stop()
+
+
+def test_corrupt_cached_media_is_fetched_again_after_a_restart(tmp_path, server, private_key, keys) -> None:
+    path = media_file(tmp_path, "a.png", 20_000)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    publish(server, private_key, 1, {"m1": path})
+    Board(tmp_path, server, keys).source.sync_once()
+    cached = tmp_path / "state" / "media" / sha
+    cached.write_bytes(cached.read_bytes()[:-100])  # a torn file (power cut on an old filesystem)
+    again = Board(tmp_path, server, keys)  # restore() re-hashes the current manifest's media
+    assert again.store.path_for(sha) is None and "was corrupt" in again.errors()
+    again.source.sync_once()
+    assert again.store.path_for(sha) is not None and cached.read_bytes() == path.read_bytes()
+    assert len(server.requests_to("a.png")) == 2
+
+
+def test_clock_corrects_only_beyond_sixty_seconds() -> None:
+    from agent.clock import Clock
+
+    clock = Clock()
+    clock.set_offset(30)
+    assert abs(clock.now().timestamp() - time.time()) < 1
+    clock.set_offset(-7200)  # a Pi that booted two hours fast, before NTP
+    assert abs(clock.now().timestamp() - (time.time() - 7200)) < 1
+    assert clock.offset_s == -7200
+
+
+def test_reference_source_cli_and_report_endpoints(tmp_path, keys) -> None:
+    """keygen → publish (fills sha256/size, bumps serial, signs) → serve → a board syncs; POSTs are kept."""
+    import requests
+
+    from refsource.cli import keygen, load_site
+    from refsource.cli import publish as publish_site
+
+    key = keygen(tmp_path / "province.json")
+    bulletin = tmp_path / "bulletin"
+    (bulletin / "media").mkdir(parents=True)
+    poster = media_file(tmp_path, "poster.png", 3000)
+    (bulletin / "media" / "poster.png").write_bytes(poster.read_bytes())
+    (bulletin / "manifest.json").write_text(json.dumps({
+        "issued_at": "2026-11-26T08:00:00+07:00", "media": [{"id": "m1", "url": "media/poster.png"}],
+        "items": [{"id": "i1", "type": "image", "media": "m1", "duration_s": 10, "title": "Lịch tiêm chủng"}]}))
+    first = publish_site(bulletin, tmp_path / "site", DEVICE, tmp_path / "province.json")
+    second = publish_site(bulletin, tmp_path / "site", DEVICE, tmp_path / "province.json")
+    assert (first["serial"], second["serial"]) == (1, 2)
+    assert second["media"][0]["sha256"] == hashlib.sha256(poster.read_bytes()).hexdigest()
+    state = SourceState(base_path=BASE, token="t")
+    load_site(tmp_path / "site", state)
+    site_server = ReferenceServer(("127.0.0.1", 0), state).start()
+    try:
+        board = Board(tmp_path / "b", site_server, [key["public_key_b64"]], token="t")
+        board.source.sync_once()
+        assert board.serial() == 2 and board.store.path_for(second["media"][0]["sha256"]) is not None
+        url = f"{site_server.base_url}/devices/{DEVICE}"
+        auth = {"Authorization": "Bearer t"}
+        record = {"id": "r1", "item": "i1"}
+        for _ in range(2):  # a re-sent batch is stored once
+            assert requests.post(f"{url}/playlogs", json={"device": DEVICE, "records": [record]}, headers=auth,
+                                 timeout=5).status_code == 204
+        assert list(state.playlogs) == ["r1"] and state.playlog_batches == 2
+        assert requests.post(f"{url}/heartbeat", json={"device": DEVICE}, headers=auth, timeout=5).status_code == 204
+        assert requests.post(f"{url}/screenshots", data=b"\x89PNG", headers={**auth, "X-Command-Id": "c1"},
+                             timeout=5).status_code == 204
+        assert state.heartbeats == [{"device": DEVICE}] and state.screenshots[0][1] == b"\x89PNG"
+        assert requests.get(f"{url}/manifest", timeout=5).status_code == 401  # no token, no manifest
+    finally:
+        site_server.stop()

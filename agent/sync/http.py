@@ -154,7 +154,8 @@ class HttpSource:
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
         self._session.headers["User-Agent"] = settings.user_agent
-        self._session.verify = settings.ca_file or True
+        # Passed on every request: a Session-level `verify` loses to REQUESTS_CA_BUNDLE in the environment.
+        self._verify: str | bool = settings.ca_file or True
         self._origin = _origin(settings.base_url)
         self._pending: tuple[Manifest, bytes, str | None] | None = None
         # sha256 → monotonic time to try again: a 404 or wrong bytes are not fetched again every poll.
@@ -351,7 +352,7 @@ class HttpSource:
             # The device token goes to the province's source only, never to a third-party media host.
             request_headers["Authorization"] = f"Bearer {self.settings.token}"
         try:
-            response = self._session.get(url, headers=request_headers, stream=True,
+            response = self._session.get(url, headers=request_headers, stream=True, verify=self._verify,
                                          timeout=(self.settings.connect_timeout_s,
                                                   min(self.settings.read_timeout_s, max(1.0, deadline_s))))
         except requests.exceptions.SSLError as exc:
