@@ -209,7 +209,9 @@ class Agent:
             self.stop.set()
             for part in reversed(started):
                 part.join(JOIN_TIMEOUT_S)
-                if part.is_alive():
+                if part.is_alive() and getattr(part, "blocked_in_network_io", lambda: False)():
+                    log.info("%s is still waiting on the network; it ends with the process", type(part).__name__)
+                elif part.is_alive():
                     log.error("bug: thread of %s still alive at exit", type(part).__name__)
             self._fail_pending_work()
             self.renderer.close()

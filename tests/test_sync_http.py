@@ -442,3 +442,20 @@ def test_reference_source_cli_and_report_endpoints(tmp_path, keys) -> None:
         assert requests.get(f"{url}/manifest", timeout=5).status_code == 401  # no token, no manifest
     finally:
         site_server.stop()
+
+
+def test_stop_during_a_stalled_download_does_not_wait_for_the_read_timeout(tmp_path, server, private_key, keys) -> None:
+    publish(server, private_key, 1, {"m1": media_file(tmp_path, "slow.png", 50_000)})
+    server.state.faults = Faults(stall_s=8, stall_times=1, apply_to="media")
+    board = Board(tmp_path, server, keys, read_timeout=30)
+    board.source._rng = random.Random(0)
+    board.source.start()
+    wait_for(lambda: server.requests_to("/manifest"), timeout=15, what="the first poll")
+    wait_for(lambda: server.state.faults.stall_times == 0, timeout=10, what="the media request to stall")
+    board.stop.set()
+    started = time.monotonic()
+    board.source.join(2)
+    assert time.monotonic() - started < 2.5  # shutdown does not wait out a 30 s read timeout
+    assert board.source.is_alive() and board.source.blocked_in_network_io()  # abandoned, and it says why
+    wait_for(lambda: not board.source.is_alive(), timeout=25, what="the thread to end once the stall ends")
+    assert board.store.path_for(hashlib.sha256((tmp_path / "site" / "slow.png").read_bytes()).hexdigest()) is None

@@ -161,6 +161,7 @@ class HttpSource:
         # sha256 → monotonic time to try again: a 404 or wrong bytes are not fetched again every poll.
         self._failed_for_good: dict[str, float] = {}
         self._progress: dict[str, Any] | None = None
+        self._network_io_depth = 0
         self.last_sync_ok_at: float | None = None
 
     # --- thread ----------------------------------------------------------------------------------
@@ -176,7 +177,13 @@ class HttpSource:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._session.close()
+        if not self.is_alive():
+            self._session.close()
+
+    def blocked_in_network_io(self) -> bool:
+        """True while the thread waits on a socket (a stalled 3G link can hold it up to the read
+        timeout). Leaving it at shutdown is safe: partial files resume and only verified files show."""
+        return self._network_io_depth > 0
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -351,6 +358,7 @@ class HttpSource:
         if self.settings.token and _origin(url) == self._origin:
             # The device token goes to the province's source only, never to a third-party media host.
             request_headers["Authorization"] = f"Bearer {self.settings.token}"
+        self._network_io_depth += 1
         try:
             response = self._session.get(url, headers=request_headers, stream=True, verify=self._verify,
                                          timeout=(self.settings.connect_timeout_s,
@@ -359,6 +367,8 @@ class HttpSource:
             raise SourceError(f"TLS verification failed for {url}: {exc}") from None
         except requests.RequestException as exc:
             raise SourceError(f"cannot reach {url}: {_short(exc)}") from None
+        finally:
+            self._network_io_depth -= 1
         self._note_clock(response)
         return response
 
@@ -379,7 +389,14 @@ class HttpSource:
         raw = response.raw
         raw.enforce_content_length = False
         try:
-            while chunk := raw.read(CHUNK, decode_content=True):
+            while True:
+                self._network_io_depth += 1
+                try:
+                    chunk = raw.read(CHUNK, decode_content=True)
+                finally:
+                    self._network_io_depth -= 1
+                if not chunk:
+                    break
                 yield chunk
                 if time.monotonic() > deadline:
                     raise SourceError("transfer too slow: cut at its deadline; will resume")
