@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fullscreen", action="store_true", help="full screen instead of a window")
     demo.add_argument("--dir", type=Path, metavar="DIR", help="where to write the demo content (default: a user cache dir)")
 
+    report = commands.add_parser("report", help="what was shown, how often and how long (from the local journal)")
+    report.add_argument("--config", required=True, type=Path, metavar="PATH")
+    report.add_argument("--from", dest="date_from", type=_date, metavar="DATE", help="first day, YYYY-MM-DD (local)")
+    report.add_argument("--to", dest="date_to", type=_date, metavar="DATE", help="last day, YYYY-MM-DD (local)")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
     ctl = commands.add_parser("ctl", help="talk to the running agent over its control socket")
     ctl.add_argument("--config", required=True, type=Path, metavar="PATH")
     actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -51,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     screen = actions.add_parser("screen", help="force the screen on or off, or back to its schedule")
     screen.add_argument("mode", choices=["on", "off", "auto"])
     return parser
+
+
+def _date(text: str) -> str:
+    """YYYY-MM-DD, checked, kept as text (days in the journal are local dates)."""
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, found {text!r}") from None
 
 
 def setup_logging(level: str) -> None:
@@ -89,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         from agent.main import run
 
         return run(config)
+    if args.command == "report":
+        config = load_or_report(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        from agent.outbox import RECORDS_FILE
+        from agent.report import build_report, format_report
+
+        print(format_report(build_report(Path(config.storage.dir) / RECORDS_FILE, args.date_from, args.date_to),
+                            args.format))
+        return EXIT_OK
     if args.command == "demo":
         from agent.demo import run_demo
 

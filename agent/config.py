@@ -112,7 +112,10 @@ class MqttConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     heartbeat_interval_s: int = setting(60, check=_at_least(10))
-    upload_interval_s: int = setting(30, check=_at_least(5))
+    upload_interval_s: int = setting(30, check=_at_least(1))
+    batch_size: int = setting(200, check=_in_range(1, 5000))
+    outbox_max_records: int = setting(90 * 24 * 360, check=_at_least(1000))  # 90 days of 10-second items
+    journal_days: int = setting(400, check=_in_range(1, 3650))
 
 
 @dataclass(frozen=True)

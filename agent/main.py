@@ -34,7 +34,7 @@ from agent.ctlsocket import ControlServer
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.health import Problems
 from agent.manifest import load_trusted_keys
-from agent.outbox import Outbox
+from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.sync.filesource import FileSource
 from agent.sync.http import HttpSettings, HttpSource
@@ -69,7 +69,8 @@ class Agent:
             keys=load_trusted_keys(config.security.manifest_keys),
             device_id=config.device.id, groups=config.device.groups,
         )
-        self.outbox = Outbox(storage / "outbox.sqlite", on_error=self._outbox_problem)
+        self.outbox = Outbox(storage / RECORDS_FILE, on_error=self._outbox_problem,
+                             max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
         self.player = Player(self.content, self.outbox, self.problems)
         self.renderer = Renderer(
             DisplaySettings(

@@ -1,15 +1,18 @@
-"""Durable outbox of proof-of-play records (PROTOCOL.md §5): SQLite in WAL mode.
+"""Proof-of-play storage (PROTOCOL.md §5): one SQLite table that is both the outbox and the journal.
 
-Durability choice: a record is committed when its showing ends, with `synchronous=FULL`, so a
-showing that ended is on disk before `add` returns — across kill -9 and power cuts alike. Records
-that end together (an item cut by an alert, everything at shutdown) share one transaction. With
-showings of 10 s or more this is at most one small fsync every few seconds; delaying commits to
-batch more would save SD-card writes but lose records on a crash, which the province cannot
-accept. Rows are deleted only after the upstream acknowledged them (a later issue uploads them).
+A record is written once, when its showing ends, and stays: `uploaded` flips to 1 when the source
+acknowledged its batch, so the outbox is `uploaded = 0` and the journal (for `bangtin-agent report`)
+is every row until it is older than `journal_days`.
 
-When the database cannot be written (disk full, a failing card), records wait in memory and are
-written with the next successful commit: playback never stops for the outbox, and the problem is
-reported through `on_error`.
+Durability: each record is committed when its showing ends, with `synchronous=FULL` in WAL mode,
+so a showing that ended is on disk before `add` returns — across kill -9 and power cuts alike.
+Records that end together share one transaction; uploads mark a whole batch in one transaction.
+Delaying commits to batch more would save card writes but lose exactly the records a crash hits.
+
+Bounded: beyond `max_records` rows, the oldest are folded into per-item-per-day summaries (count,
+completed, total duration, first/last) instead of being dropped; `summarised` says how many were.
+When the database cannot be written (disk full, a failing card), records wait in memory and go
+with the next successful commit: playback never stops for the outbox.
 """
 
 from __future__ import annotations
@@ -20,28 +23,60 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from agent.models import PlayRecord
 
 log = logging.getLogger(__name__)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
+    day TEXT NOT NULL,              -- local date of started_at, for reports and summaries
+    item TEXT NOT NULL,
+    uploaded INTEGER NOT NULL DEFAULT 0,
     body TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS records_pending ON records (uploaded, seq);
+CREATE INDEX IF NOT EXISTS records_day ON records (day);
+CREATE TABLE IF NOT EXISTS summaries (
+    day TEXT NOT NULL,
+    item TEXT NOT NULL,
+    title TEXT NOT NULL,
+    type TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    completed INTEGER NOT NULL,
+    total_ms INTEGER NOT NULL,
+    first_shown TEXT NOT NULL,
+    last_shown TEXT NOT NULL,
+    not_uploaded INTEGER NOT NULL,  -- of `count`, records the source never received one by one
+    PRIMARY KEY (day, item)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+RECORDS_FILE = "outbox.sqlite"  # in storage.dir: outbox and journal
+DEFAULT_MAX_RECORDS = 90 * 24 * 360  # 90 days of 10-second items
+DEFAULT_JOURNAL_DAYS = 400  # a year and a month: the commune's yearly report is due before 20/12
+
+
+def _row(record: PlayRecord) -> tuple[str, str, str, str]:
+    body = json.dumps(record.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+    return record.id, record.started_at[:10], record.item, body
 
 
 class Outbox:
-    """Thread-safe: the player adds, status and uploaders read."""
+    """Thread-safe: the player adds, the reporter uploads, status and reports read."""
 
-    def __init__(self, path: Path, on_error: Callable[[str | None], None] | None = None) -> None:
+    def __init__(self, path: Path, on_error: Callable[[str | None], None] | None = None, *,
+                 max_records: int = DEFAULT_MAX_RECORDS, journal_days: int = DEFAULT_JOURNAL_DAYS) -> None:
         self.path = path
+        self.max_records = max_records
+        self.journal_days = journal_days
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._unsaved: list[tuple[str, str]] = []  # rows a failed commit could not write yet
+        self._unsaved: list[tuple[str, str, str, str]] = []  # rows a failed commit could not write yet
         self._on_error = on_error or (lambda message: None)
 
     def open(self) -> None:
@@ -69,48 +104,106 @@ class Outbox:
             raise RuntimeError("outbox is not open")
         return self._db
 
+    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
+
+    # --- writing ---------------------------------------------------------------------------------
+
     def add(self, records: Iterable[PlayRecord]) -> None:
         """Commit records in one transaction; duplicates (same id) are ignored. Never raises on I/O."""
-        rows = [(r.id, json.dumps(r.to_json_dict(), ensure_ascii=False, separators=(",", ":"))) for r in records]
+        new_rows = [_row(r) for r in records]
         message: str | None = None
         with self._lock:
-            rows = self._unsaved + rows
+            rows = self._unsaved + new_rows
             if not rows:
                 return
-            db = self._conn()
+            had_unsaved = bool(self._unsaved)
             try:
-                db.execute("BEGIN")
-                db.executemany("INSERT OR IGNORE INTO outbox (id, body) VALUES (?, ?)", rows)
-                db.execute("COMMIT")
+                self._transaction(lambda db: db.executemany(
+                    "INSERT OR IGNORE INTO records (id, day, item, body) VALUES (?, ?, ?, ?)", rows))
             except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
                 self._unsaved = rows
                 message = f"outbox {self.path}: cannot write {len(rows)} record(s), keeping them in memory: {exc}"
             else:
-                had_unsaved = bool(self._unsaved)
                 self._unsaved = []
         if message is not None:
             self._on_error(message)
         elif had_unsaved:
             self._on_error(None)
 
+    def mark_uploaded(self, ids: Iterable[str]) -> None:
+        """The source acknowledged these (a 2xx for their batch): out of the outbox, kept in the journal."""
+        id_list = [(i,) for i in ids]
+        with self._lock:
+            self._transaction(lambda db: db.executemany("UPDATE records SET uploaded = 1 WHERE id = ?", id_list))
+
+    # --- reading ---------------------------------------------------------------------------------
+
     def pending(self) -> int:
         """Records not yet acknowledged upstream, including any still waiting in memory."""
         with self._lock:
-            return int(self._conn().execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) + len(self._unsaved)
+            count = self._conn().execute("SELECT COUNT(*) FROM records WHERE uploaded = 0").fetchone()[0]
+            return int(count) + len(self._unsaved)
 
-    def oldest(self, limit: int) -> list[dict[str, object]]:
-        """The oldest records first, as their JSON objects."""
+    def oldest(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest records not yet uploaded, as their JSON objects."""
         with self._lock:
-            rows = self._conn().execute("SELECT body FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            rows = self._conn().execute(
+                "SELECT body FROM records WHERE uploaded = 0 ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [json.loads(body) for (body,) in rows]
 
-    def delete(self, ids: Iterable[str]) -> None:
-        """Remove records the upstream acknowledged."""
-        id_list = [(i,) for i in ids]
+    def summarised(self) -> int:
+        """How many records were folded into daily summaries because of the cap (never dropped)."""
         with self._lock:
-            db = self._conn()
-            db.execute("BEGIN")
-            db.executemany("DELETE FROM outbox WHERE id = ?", id_list)
-            db.execute("COMMIT")
+            row = self._conn().execute("SELECT value FROM meta WHERE key = 'summarised'").fetchone()
+        return int(row[0]) if row else 0
+
+    # --- keeping it bounded ------------------------------------------------------------------------
+
+    def enforce_limits(self, today: str) -> None:
+        """Fold the oldest records beyond `max_records` into summaries; drop uploaded ones past the journal age.
+
+        `today` is the local date (YYYY-MM-DD); called now and then by the reporter, not per record.
+        """
+        with self._lock:
+            self._transaction(lambda db: self._fold_excess(db))
+            self._transaction(lambda db: self._prune(db, today))
+
+    def _fold_excess(self, db: sqlite3.Connection) -> None:
+        total = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        excess = total - self.max_records
+        if excess <= 0:
+            return
+        rows = db.execute("SELECT seq, day, item, uploaded, body FROM records ORDER BY seq LIMIT ?", (excess,)).fetchall()
+        for _, day, item, uploaded, body in rows:
+            record = json.loads(body)
+            db.execute(
+                """INSERT INTO summaries (day, item, title, type, count, completed, total_ms, first_shown, last_shown,
+                                          not_uploaded)
+                   VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+                   ON CONFLICT (day, item) DO UPDATE SET
+                     count = count + 1, completed = completed + excluded.completed,
+                     total_ms = total_ms + excluded.total_ms,
+                     first_shown = min(first_shown, excluded.first_shown),
+                     last_shown = max(last_shown, excluded.last_shown),
+                     not_uploaded = not_uploaded + excluded.not_uploaded""",
+                (day, item, record.get("title") or "", record.get("type") or "", int(bool(record.get("completed"))),
+                 int(record.get("duration_ms") or 0), record.get("started_at") or "", record.get("ended_at") or "",
+                 1 - int(uploaded)))
+        db.execute("DELETE FROM records WHERE seq <= ?", (rows[-1][0],))
+        db.execute("INSERT INTO meta (key, value) VALUES ('summarised', ?) "
+                   "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value", (len(rows),))
+        log.warning("outbox over %d records: %d oldest folded into daily summaries", self.max_records, len(rows))
+
+    def _prune(self, db: sqlite3.Connection, today: str) -> None:
+        db.execute("DELETE FROM records WHERE uploaded = 1 AND day < date(?, ?)", (today, f"-{self.journal_days} days"))
+        db.execute("DELETE FROM summaries WHERE day < date(?, ?)", (today, f"-{self.journal_days} days"))

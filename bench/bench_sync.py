@@ -32,7 +32,8 @@ from agent.cache.store import MediaStore  # noqa: E402
 from agent.content import Content  # noqa: E402
 from agent.health import Problems  # noqa: E402
 from agent.manifest import MANIFEST_PAYLOAD_TYPE, load_trusted_keys, sign_envelope  # noqa: E402
-from agent.sync.http import HttpSettings, HttpSource, SourceError  # noqa: E402
+from agent.sync.client import SourceError  # noqa: E402
+from agent.sync.http import HttpSettings, HttpSource  # noqa: E402
 from refsource.server import Faults, ReferenceServer, SourceState  # noqa: E402
 
 BASE = "/api/bangtin/v1"

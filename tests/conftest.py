@@ -196,7 +196,7 @@ class RunningAgent:
         """The proof-of-play records in the outbox, oldest first (read as a second process would)."""
         db = sqlite3.connect(self.storage / "outbox.sqlite")
         try:
-            return [json.loads(body) for (body,) in db.execute("SELECT body FROM outbox ORDER BY seq")]
+            return [json.loads(body) for (body,) in db.execute("SELECT body FROM records ORDER BY seq")]
         finally:
             db.close()
 

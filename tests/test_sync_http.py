@@ -20,7 +20,8 @@ from agent.cache.store import MediaStore
 from agent.content import Content
 from agent.health import Problems
 from agent.manifest import accept_manifest, load_trusted_keys
-from agent.sync.http import Backoff, HttpSettings, HttpSource, SourceError, parse_retry_after
+from agent.sync.client import Backoff, SourceError, parse_retry_after
+from agent.sync.http import HttpSettings, HttpSource
 from refsource.server import Faults, ReferenceServer, SourceState, strong_etag
 from tests.conftest import VECTORS, base_manifest, sign_manifest, wait_for
 

@@ -10,40 +10,23 @@ items appear as their media are verified. Every answer's `Date` sets the clock o
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
-
-import requests
-import urllib3
+from urllib.parse import urljoin
 
 from agent.models import Manifest, Media
+from agent.sync.client import Backoff, ClientSettings, HttpClient, SourceError
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE_S = 10.0
-BACKOFF_CAP_S = 15 * 60.0
-RETRY_AFTER_CAP_S = 24 * 3600.0
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MIN_MEDIA_RATE = 4 * 1024  # bytes/s a download must average before its overall deadline cuts it
-CHUNK = 64 * 1024
-PERMANENT_STATUSES = {400, 401, 403, 404, 410}
 RETRY_FAILED_MEDIA_S = 3600.0  # a media that failed for good is tried again this much later (or with a new manifest)
-
-
-class SourceError(Exception):
-    """A request failed; `retry_after` is the server's wish (seconds), `permanent` means retrying won't help."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.permanent = permanent
 
 
 class ManifestSink(Protocol):
@@ -85,44 +68,13 @@ class HttpSettings:
     read_timeout_s: float = 30.0
     manifest_deadline_s: float = 120.0
 
+    def client_settings(self) -> ClientSettings:
+        return ClientSettings(self.base_url, self.token, self.ca_file, self.user_agent,
+                              self.connect_timeout_s, self.read_timeout_s)
+
     @property
     def manifest_url(self) -> str:
         return f"{self.base_url.rstrip('/')}/devices/{self.device_id}/manifest"
-
-
-class Backoff:
-    """Exponential with "equal jitter": half fixed, half random, so a fleet does not retry in step."""
-
-    def __init__(self, rng: random.Random, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> None:
-        self._rng = rng
-        self._base_s = base_s
-        self._cap_s = cap_s
-        self.failures = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        self.failures += 1
-        ceiling = min(self._cap_s, self._base_s * 2 ** (self.failures - 1))
-        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class HttpSource:
@@ -139,6 +91,7 @@ class HttpSource:
         set_clock_offset: Callable[[float], None],
         media_order: Callable[[Manifest], Sequence[Media]],
         rng: random.Random | None = None,
+        client: HttpClient | None = None,
     ) -> None:
         self.settings = settings
         self._content = content
@@ -152,16 +105,12 @@ class HttpSource:
         self._backoff = Backoff(self._rng)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = settings.user_agent
-        # Passed on every request: a Session-level `verify` loses to REQUESTS_CA_BUNDLE in the environment.
-        self._verify: str | bool = settings.ca_file or True
-        self._origin = _origin(settings.base_url)
+        self._owns_client = client is None
+        self._client = client or HttpClient(settings.client_settings(), set_clock_offset)
         self._pending: tuple[Manifest, bytes, str | None] | None = None
         # sha256 → monotonic time to try again: a 404 or wrong bytes are not fetched again every poll.
         self._failed_for_good: dict[str, float] = {}
         self._progress: dict[str, Any] | None = None
-        self._network_io_depth = 0
         self.last_sync_ok_at: float | None = None
 
     # --- thread ----------------------------------------------------------------------------------
@@ -177,13 +126,14 @@ class HttpSource:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if not self.is_alive():
-            self._session.close()
+        if not self.is_alive() and self._owns_client:
+            self._client.close()
 
     def blocked_in_network_io(self) -> bool:
         """True while the thread waits on a socket (a stalled 3G link can hold it up to the read
         timeout). Leaving it at shutdown is safe: partial files resume and only verified files show."""
-        return self._network_io_depth > 0
+        return self._thread is not None and self._thread.ident is not None and \
+            self._client.blocked_in_network_io(self._thread.ident)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -239,13 +189,14 @@ class HttpSource:
         pending_etag = self._pending[2] if self._pending else None
         etag = pending_etag or self._content.etag
         headers = {"If-None-Match": etag} if etag else {}
-        with self._request(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as response:
+        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as response:
             if response.status_code == 304:
                 self.last_sync_ok_at = time.time()
                 return
             if response.status_code != 200:
-                raise self._http_error(response, "manifest")
-            raw = self._read_limited(response, MAX_MANIFEST_BYTES, time.monotonic() + self.settings.manifest_deadline_s)
+                raise self._client.http_error(response, "manifest")
+            raw = self._client.read_limited(response, MAX_MANIFEST_BYTES,
+                                            time.monotonic() + self.settings.manifest_deadline_s)
             new_etag = response.headers.get("ETag")
         self.last_sync_ok_at = time.time()
         try:
@@ -313,7 +264,7 @@ class HttpSource:
         deadline = time.monotonic() + max(120.0, (media.size - have) / MIN_MEDIA_RATE)
         label = f"media {media.id}"
         log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
-        with self._request(url, headers, deadline - time.monotonic()) as response:
+        with self._client.get(url, headers, deadline - time.monotonic()) as response:
             if response.status_code == 416:
                 store.discard_partial(sha)  # the server says our offset is past its file: start over
                 raise SourceError("416 Range Not Satisfiable: restarting the download")
@@ -325,11 +276,11 @@ class HttpSource:
             elif response.status_code == 200:
                 have, mode = 0, "wb"  # the file changed (If-Range failed) or ranges are not supported
             else:
-                raise self._http_error(response, label)
+                raise self._client.http_error(response, label)
             store.set_partial_validator(sha, response.headers.get("ETag"))
             started, started_at = have, time.monotonic()
             with open(store.partial_path(sha), mode) as out:
-                for chunk in self._chunks(response, deadline):
+                for chunk in self._client.chunks(response, deadline, self._stop):
                     have += len(chunk)
                     if have > media.size:
                         out.close()
@@ -353,87 +304,7 @@ class HttpSource:
 
     # --- HTTP plumbing ---------------------------------------------------------------------------
 
-    def _request(self, url: str, headers: dict[str, str], deadline_s: float) -> requests.Response:
-        request_headers = dict(headers)
-        if self.settings.token and _origin(url) == self._origin:
-            # The device token goes to the province's source only, never to a third-party media host.
-            request_headers["Authorization"] = f"Bearer {self.settings.token}"
-        self._network_io_depth += 1
-        try:
-            response = self._session.get(url, headers=request_headers, stream=True, verify=self._verify,
-                                         timeout=(self.settings.connect_timeout_s,
-                                                  min(self.settings.read_timeout_s, max(1.0, deadline_s))))
-        except requests.exceptions.SSLError as exc:
-            raise SourceError(f"TLS verification failed for {url}: {exc}") from None
-        except requests.RequestException as exc:
-            raise SourceError(f"cannot reach {url}: {_short(exc)}") from None
-        finally:
-            self._network_io_depth -= 1
-        self._note_clock(response)
-        return response
-
-    def _note_clock(self, response: requests.Response) -> None:
-        date = response.headers.get("Date")
-        if not date:
-            return
-        try:
-            source_time = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
-            return
-        self._set_clock_offset(source_time - time.time())
-
-    def _chunks(self, response: requests.Response, deadline: float) -> Iterator[bytes]:
-        """The body as it arrives. A dropped link ends the iteration early instead of raising, so
-        every byte already received is kept (requests' iter_content would drop its buffer); the
-        caller compares what it got with the declared size."""
-        raw = response.raw
-        raw.enforce_content_length = False
-        try:
-            while True:
-                self._network_io_depth += 1
-                try:
-                    chunk = raw.read(CHUNK, decode_content=True)
-                finally:
-                    self._network_io_depth -= 1
-                if not chunk:
-                    break
-                yield chunk
-                if time.monotonic() > deadline:
-                    raise SourceError("transfer too slow: cut at its deadline; will resume")
-                if self._stop.is_set():
-                    raise SourceError("stopping")
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SourceError(f"transfer interrupted: {_short(exc)}") from None
-
-    def _read_limited(self, response: requests.Response, limit: int, deadline: float) -> bytes:
-        body = bytearray()
-        for chunk in self._chunks(response, deadline):
-            body.extend(chunk)
-            if len(body) > limit:
-                raise SourceError(f"manifest larger than {limit} bytes")
-        return bytes(body)
-
-    def _http_error(self, response: requests.Response, what: str) -> SourceError:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time()) \
-            if response.status_code in (429, 503) else None
-        return SourceError(f"{what}: HTTP {response.status_code} {response.reason}",
-                           retry_after=retry_after, permanent=response.status_code in PERMANENT_STATUSES)
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-
-
 def _content_range_starts_at(value: str | None, start: int) -> bool:
     return bool(value) and value.replace("bytes ", "").split("-", 1)[0].strip() == str(start)  # type: ignore[union-attr]
 
 
-def _short(exc: Exception) -> str:
-    """requests' messages nest; the innermost reason is what a technician needs."""
-    text = str(exc)
-    for marker in ("Failed to resolve", "Connection refused", "timed out", "Name or service not known",
-                   "Network is unreachable", "No route to host"):
-        if marker in text:
-            return marker.lower()
-    return text if len(text) < 160 else text[:157] + "..."
