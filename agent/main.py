@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import pygame
 
-from agent import __version__, schedule
+from agent import __version__, hardware, schedule
 from agent.cache.store import MediaStore
 from agent.clock import Clock
 from agent.config import Config
@@ -33,15 +33,20 @@ from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.health import Problems
-from agent.manifest import load_trusted_keys
+from agent.manifest import DEFAULT_TIMEZONE, load_trusted_keys
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
+from agent.sync.client import HttpClient
 from agent.sync.filesource import FileSource
 from agent.sync.http import HttpSettings, HttpSource
+from agent.sync.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 5.0
+HEARTBEAT_FIELDS = ("device", "sent_at", "agent_version", "uptime_s", "manifest_serial", "current_item", "screen_on",
+                    "alert_active", "cache", "disk_free_bytes", "outbox_pending", "last_sync_ok_at", "clock_offset_s",
+                    "errors")
 MAX_IDLE_WAIT_S = 0.5  # window events (close button) and the 1 s emergency rule need a pulse
 
 
@@ -81,6 +86,8 @@ class Agent:
             self.store,
         )
         self._inbox: queue.Queue[_Work | None] = queue.Queue()
+        self.client: HttpClient | None = None
+        self.reporter: Reporter | None = None
         self.source = self._make_source()
         self.dispatcher = Dispatcher(Actions(
             post=self.post,
@@ -105,11 +112,19 @@ class Agent:
             poll_interval_s=config.source.poll_interval_s, cache_limit_bytes=config.storage.cache_max_mb * 1024 * 1024,
             user_agent=f"bangtin-agent/{__version__}",
         )
+        self.client = HttpClient(settings.client_settings(), self.clock.set_offset)
+        self.reporter = Reporter(
+            self.client, device_url=f"{config.source.url.rstrip('/')}/devices/{config.device.id}",
+            device_id=config.device.id, outbox=self.outbox, heartbeat=self.heartbeat, problems=self.problems,
+            stop=self.stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
+            upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size, today=self.today,
+        )
         return HttpSource(
             settings, self.content, self.store, self.problems, self.stop, self.wake,
             set_clock_offset=self.clock.set_offset,
             media_order=lambda manifest: schedule.media_in_order_of_need(manifest, self.clock.now(),
                                                                          self.player.current_item_id),
+            client=self.client,
         )
 
     def _outbox_problem(self, message: str | None) -> None:
@@ -140,6 +155,22 @@ class Agent:
         self.stop.set()
         self.wake()
 
+    def today(self) -> str:
+        """The local date (manifest's zone) for journal pruning."""
+        manifest = self.content.current()
+        zone = schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)
+        return self.clock.now().astimezone(zone).date().isoformat()
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The §6 heartbeat: required fields, what the hardware tells, nothing else (it is paid per byte)."""
+        status = self.post(self.status).result(timeout=10)
+        beat = {key: status[key] for key in HEARTBEAT_FIELDS}
+        beat.update(hardware.readings())
+        summarised = self.outbox.summarised()
+        if summarised:
+            beat["outbox_summarised"] = summarised  # records folded into daily summaries by the cap
+        return beat
+
     # --- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -148,7 +179,7 @@ class Agent:
         manifest = snapshot.manifest
         wanted = {m.sha256: m.size for m in manifest.media} if manifest else {}
         missing = [sha for sha in wanted if sha not in snapshot.verified_sha256]
-        cache_bytes = sum(size for sha, size in wanted.items() if sha in snapshot.verified_sha256)
+        cache_bytes = self.store.bytes_used()
         first = self.renderer.first_frame_mono
         return {
             "device": self.config.device.id,
@@ -163,6 +194,7 @@ class Agent:
             "outbox_pending": self.outbox.pending(),
             "last_sync_ok_at": _iso(self.source.last_sync_ok_at),
             "sync": self.source.status(),
+            "report": self.reporter.status() if self.reporter is not None else None,
             "clock_offset_s": round(self.clock.offset_s, 3),
             "errors": self.problems.current(),
             "source": self.config.source.url,
@@ -204,6 +236,9 @@ class Agent:
             started.append(self.control)
             self.source.start()
             started.append(self.source)
+            if self.reporter is not None:
+                self.reporter.start()
+                started.append(self.reporter)
             self._loop()
         finally:
             self.player.shutdown(self.clock.now(), time.monotonic())
@@ -217,6 +252,8 @@ class Agent:
             self._fail_pending_work()
             self.renderer.close()
             self.outbox.close()
+            if self.client is not None and not any(p.is_alive() for p in started):
+                self.client.close()
             self._restore_signals(previous_handlers)
         log.info("stopped cleanly%s", " (restart requested)" if self.restart_requested else "")
         return 0

@@ -89,7 +89,10 @@ class HttpClient:
         self.settings = settings
         self._set_clock_offset = set_clock_offset
         self._session = requests.Session()
-        self._session.headers["User-Agent"] = settings.user_agent
+        # Every byte of every request is paid for: no "Accept: */*", no "Connection: keep-alive"
+        # (HTTP/1.1 keeps connections open anyway), one compression the source may use for answers.
+        self._session.headers.clear()
+        self._session.headers.update({"User-Agent": settings.user_agent, "Accept-Encoding": "gzip"})
         # Passed on every request: a Session-level `verify` loses to REQUESTS_CA_BUNDLE in the environment.
         self._verify: str | bool = settings.ca_file or True
         self._origin = _origin(settings.base_url)

@@ -1,0 +1,178 @@
+"""Reports to the province (PROTOCOL.md §2, §5, §6): heartbeats and proof-of-play uploads.
+
+One thread ("reporter") over the shared HTTP client. Heartbeats go every `heartbeat_interval_s`
+(±10 %); a missed one is not queued (only the latest matters). Records go oldest first in batches
+of `batch_size`, at least every `upload_interval_s` while any are pending; they leave the outbox
+only after a 2xx for their batch, so a crash, a 503 storm or a week offline loses nothing (the
+source de-duplicates by record id, so re-sending after a crash is safe). Errors back off with
+jitter and honour `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent.sync.client import Backoff, HttpClient, SourceError
+
+log = logging.getLogger(__name__)
+
+LIMITS_EVERY_S = 3600.0  # folding and pruning the journal: hourly is plenty
+POST_DEADLINE_S = 60.0
+
+
+class RecordQueue(Protocol):
+    def oldest(self, limit: int) -> list[dict[str, Any]]: ...
+    def mark_uploaded(self, ids: list[str]) -> None: ...
+    def pending(self) -> int: ...
+    def enforce_limits(self, today: str) -> None: ...
+
+
+class ProblemSink(Protocol):
+    def report(self, key: str, message: str) -> None: ...
+    def resolve(self, key: str) -> None: ...
+
+
+class Reporter:
+    def __init__(
+        self,
+        client: HttpClient,
+        *,
+        device_url: str,  # <source.url>/devices/<id>
+        device_id: str,
+        outbox: RecordQueue,
+        heartbeat: Callable[[], dict[str, Any]],
+        problems: ProblemSink,
+        stop: threading.Event,
+        heartbeat_interval_s: float,
+        upload_interval_s: float,
+        batch_size: int,
+        today: Callable[[], str],
+        heartbeat_sent_elsewhere: Callable[[], bool] = lambda: False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._device_url = device_url.rstrip("/")
+        self._device_id = device_id
+        self._outbox = outbox
+        self._heartbeat = heartbeat
+        self._problems = problems
+        self._stop = stop
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._upload_interval_s = upload_interval_s
+        self._batch_size = batch_size
+        self._today = today
+        self._heartbeat_sent_elsewhere = heartbeat_sent_elsewhere
+        self._rng = rng or random.Random()
+        self._upload_backoff = Backoff(self._rng)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_heartbeat_ok_at: float | None = None
+        self.last_upload_ok_at: float | None = None
+        self.uploaded_records = 0
+
+    # --- thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+        self._thread.start()
+
+    def request_upload(self) -> None:
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def blocked_in_network_io(self) -> bool:
+        return self._thread is not None and self._thread.ident is not None and \
+            self._client.blocked_in_network_io(self._thread.ident)
+
+    def status(self) -> dict[str, Any]:
+        return {"uploaded_records": self.uploaded_records, "last_upload_ok_at": self.last_upload_ok_at,
+                "last_heartbeat_ok_at": self.last_heartbeat_ok_at}
+
+    def _jittered(self, interval: float) -> float:
+        return self._rng.uniform(interval * 0.9, interval * 1.1)
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        # Soon after start (the province learns the board is back), but spread across a district.
+        next_heartbeat = now + self._rng.uniform(0, min(10.0, self._heartbeat_interval_s))
+        next_upload = now + self._rng.uniform(0, min(5.0, self._upload_interval_s))
+        next_limits = now
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_limits:
+                self._enforce_limits()
+                next_limits = now + LIMITS_EVERY_S
+            if now >= next_heartbeat:
+                next_heartbeat = now + self._send_heartbeat()
+            if now >= next_upload:
+                next_upload = time.monotonic() + self.upload_pending()
+            self._wake.wait(max(0.0, min(next_heartbeat, next_upload) - time.monotonic()))
+            if self._wake.is_set():
+                self._wake.clear()
+                next_upload = min(next_upload, time.monotonic())  # an explicit request uploads now
+
+    # --- work ------------------------------------------------------------------------------------
+
+    def _enforce_limits(self) -> None:
+        try:
+            self._outbox.enforce_limits(self._today())
+        except Exception:  # a storage hiccup must not stop reporting; the next hour tries again
+            log.exception("outbox limits could not be enforced")
+
+    def _send_heartbeat(self) -> float:
+        """POST one heartbeat; returns the delay to the next one."""
+        interval = self._jittered(self._heartbeat_interval_s)
+        if self._heartbeat_sent_elsewhere():
+            return interval  # the broker carried this one (retained status): not twice on a metered SIM
+        try:
+            body = json.dumps(self._heartbeat(), ensure_ascii=False, separators=(",", ":")).encode()
+            response = self._client.post(f"{self._device_url}/heartbeat", body, "application/json", POST_DEADLINE_S)
+            if not 200 <= response.status_code < 300:
+                raise self._client.http_error(response, "heartbeat")
+        except SourceError as exc:
+            self._problems.report("heartbeat", f"heartbeat not delivered: {exc}")
+            return max(interval, exc.retry_after or 0.0)
+        except Exception as exc:  # noqa: BLE001 — e.g. the display loop did not answer for the status
+            self._problems.report("heartbeat", f"heartbeat not built: {type(exc).__name__}: {exc}")
+            return interval
+        self._problems.resolve("heartbeat")
+        self.last_heartbeat_ok_at = time.time()
+        return interval
+
+    def upload_pending(self) -> float:
+        """Upload batches, oldest first, until none are pending; returns the delay to the next round."""
+        while not self._stop.is_set():
+            batch = self._outbox.oldest(self._batch_size)
+            if not batch:
+                self._upload_backoff.reset()
+                return self._jittered(self._upload_interval_s)
+            body = json.dumps({"device": self._device_id, "records": batch}, ensure_ascii=False,
+                              separators=(",", ":")).encode()
+            try:
+                response = self._client.post(f"{self._device_url}/playlogs", body, "application/json", POST_DEADLINE_S)
+                if not 200 <= response.status_code < 300:
+                    raise self._client.http_error(response, "playlogs")
+            except SourceError as exc:
+                delay = self._upload_backoff.next_delay(exc.retry_after)
+                self._problems.report("upload", f"{len(batch)} record(s) not uploaded, next try in {delay:.0f} s: {exc}")
+                return delay
+            # Only now, with the source's 2xx in hand, do the records leave the outbox.
+            self._outbox.mark_uploaded([str(record["id"]) for record in batch])
+            self.uploaded_records += len(batch)
+            self.last_upload_ok_at = time.time()
+            self._upload_backoff.reset()
+            self._problems.resolve("upload")
+        return 0.0
