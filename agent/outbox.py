@@ -29,17 +29,20 @@ from agent.models import PlayRecord
 
 log = logging.getLogger(__name__)
 
+# Card wear: a one-record commit appends every page it touches to the WAL in full. So: 1 KiB pages
+# (a record is ~400 bytes), a plain rowid (AUTOINCREMENT would also rewrite sqlite_sequence), no
+# index on id or day (uploads are marked by rowid; reports and pruning scan, rarely), and a partial
+# index holding only the pending rows. An insert touches two small pages instead of five 4 KiB ones.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
     day TEXT NOT NULL,              -- local date of started_at, for reports and summaries
     item TEXT NOT NULL,
     uploaded INTEGER NOT NULL DEFAULT 0,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_pending ON records (uploaded, seq);
-CREATE INDEX IF NOT EXISTS records_day ON records (day);
+CREATE INDEX IF NOT EXISTS records_pending ON records (seq) WHERE uploaded = 0;
 CREATE TABLE IF NOT EXISTS summaries (
     day TEXT NOT NULL,
     item TEXT NOT NULL,
@@ -82,6 +85,7 @@ class Outbox:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        db.execute("PRAGMA page_size=1024")  # only takes effect on a new database, before WAL is on
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
@@ -119,7 +123,7 @@ class Outbox:
     # --- writing ---------------------------------------------------------------------------------
 
     def add(self, records: Iterable[PlayRecord]) -> None:
-        """Commit records in one transaction; duplicates (same id) are ignored. Never raises on I/O."""
+        """Commit records in one transaction. Never raises on I/O (see the module's note)."""
         new_rows = [_row(r) for r in records]
         message: str | None = None
         with self._lock:
@@ -129,7 +133,7 @@ class Outbox:
             had_unsaved = bool(self._unsaved)
             try:
                 self._transaction(lambda db: db.executemany(
-                    "INSERT OR IGNORE INTO records (id, day, item, body) VALUES (?, ?, ?, ?)", rows))
+                    "INSERT INTO records (id, day, item, body) VALUES (?, ?, ?, ?)", rows))
             except sqlite3.Error as exc:
                 self._unsaved = rows
                 message = f"outbox {self.path}: cannot write {len(rows)} record(s), keeping them in memory: {exc}"
@@ -140,11 +144,11 @@ class Outbox:
         elif had_unsaved:
             self._on_error(None)
 
-    def mark_uploaded(self, ids: Iterable[str]) -> None:
-        """The source acknowledged these (a 2xx for their batch): out of the outbox, kept in the journal."""
-        id_list = [(i,) for i in ids]
+    def mark_uploaded(self, seqs: Iterable[int]) -> None:
+        """The source acknowledged these rows (a 2xx for their batch): out of the outbox, kept in the journal."""
+        seq_list = [(seq,) for seq in seqs]
         with self._lock:
-            self._transaction(lambda db: db.executemany("UPDATE records SET uploaded = 1 WHERE id = ?", id_list))
+            self._transaction(lambda db: db.executemany("UPDATE records SET uploaded = 1 WHERE seq = ?", seq_list))
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -154,12 +158,16 @@ class Outbox:
             count = self._conn().execute("SELECT COUNT(*) FROM records WHERE uploaded = 0").fetchone()[0]
             return int(count) + len(self._unsaved)
 
-    def oldest(self, limit: int) -> list[dict[str, Any]]:
-        """The oldest records not yet uploaded, as their JSON objects."""
+    def pending_batch(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest records not yet uploaded: (row number for `mark_uploaded`, the record's JSON object)."""
         with self._lock:
             rows = self._conn().execute(
-                "SELECT body FROM records WHERE uploaded = 0 ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [json.loads(body) for (body,) in rows]
+                "SELECT seq, body FROM records WHERE uploaded = 0 ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(seq, json.loads(body)) for seq, body in rows]
+
+    def oldest(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest records not yet uploaded, as their JSON objects."""
+        return [record for _, record in self.pending_batch(limit)]
 
     def summarised(self) -> int:
         """How many records were folded into daily summaries because of the cap (never dropped)."""
@@ -205,5 +213,10 @@ class Outbox:
         log.warning("outbox over %d records: %d oldest folded into daily summaries", self.max_records, len(rows))
 
     def _prune(self, db: sqlite3.Connection, today: str) -> None:
-        db.execute("DELETE FROM records WHERE uploaded = 1 AND day < date(?, ?)", (today, f"-{self.journal_days} days"))
-        db.execute("DELETE FROM summaries WHERE day < date(?, ?)", (today, f"-{self.journal_days} days"))
+        # Rows are in time order: everything before the first row of the cutoff day is old. Found by
+        # walking from the start (few rows: pruned hourly), so `day` needs no index (no write cost).
+        cutoff = (today, f"-{self.journal_days} days")
+        db.execute("""DELETE FROM records WHERE uploaded = 1 AND seq < coalesce(
+                        (SELECT seq FROM records WHERE day >= date(?, ?) ORDER BY seq LIMIT 1),
+                        (SELECT max(seq) + 1 FROM records))""", cutoff)
+        db.execute("DELETE FROM summaries WHERE day < date(?, ?)", cutoff)

@@ -175,7 +175,7 @@ def test_records_survive_kill_9_right_after_add(tmp_path: Path) -> None:
     box.open()
     assert box.pending() == 50
     assert [r["id"] for r in box.oldest(3)] == ["r0", "r1", "r2"]
-    box.mark_uploaded(["r0", "r1"])
+    box.mark_uploaded([seq for seq, _ in box.pending_batch(2)])
     assert box.pending() == 48
     box.close()
     assert os.path.getsize(tmp_path / "o.sqlite") > 0

@@ -147,7 +147,7 @@ def test_journal_keeps_uploaded_records_for_the_report_then_prunes_by_age(tmp_pa
     box = Outbox(tmp_path / "o.sqlite", journal_days=30)
     box.open()
     box.add([record(1, day="2026-10-01"), record(2, day="2026-11-25"), record(3, day="2026-10-02")])
-    box.mark_uploaded(["r000001", "r000002"])
+    box.mark_uploaded([seq for seq, record in box.pending_batch(10) if record["id"] in ("r000001", "r000002")])
     assert box.pending() == 1
     assert [e["count"] for e in build_report(tmp_path / "o.sqlite", None, None)["items"]] == [3]
     box.enforce_limits("2026-11-26")

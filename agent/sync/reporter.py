@@ -27,8 +27,8 @@ POST_DEADLINE_S = 60.0
 
 
 class RecordQueue(Protocol):
-    def oldest(self, limit: int) -> list[dict[str, Any]]: ...
-    def mark_uploaded(self, ids: list[str]) -> None: ...
+    def pending_batch(self, limit: int) -> list[tuple[int, dict[str, Any]]]: ...
+    def mark_uploaded(self, seqs: list[int]) -> None: ...
     def pending(self) -> int: ...
     def enforce_limits(self, today: str) -> None: ...
 
@@ -155,7 +155,8 @@ class Reporter:
     def upload_pending(self) -> float:
         """Upload batches, oldest first, until none are pending; returns the delay to the next round."""
         while not self._stop.is_set():
-            batch = self._outbox.oldest(self._batch_size)
+            rows = self._outbox.pending_batch(self._batch_size)
+            batch = [record for _, record in rows]
             if not batch:
                 self._upload_backoff.reset()
                 return self._jittered(self._upload_interval_s)
@@ -170,7 +171,7 @@ class Reporter:
                 self._problems.report("upload", f"{len(batch)} record(s) not uploaded, next try in {delay:.0f} s: {exc}")
                 return delay
             # Only now, with the source's 2xx in hand, do the records leave the outbox.
-            self._outbox.mark_uploaded([str(record["id"]) for record in batch])
+            self._outbox.mark_uploaded([seq for seq, _ in rows])
             self.uploaded_records += len(batch)
             self.last_upload_ok_at = time.time()
             self._upload_backoff.reset()
