@@ -36,6 +36,11 @@ def mem_available_bytes(root: Path = Path("/")) -> int | None:
     return None
 
 
+def decode_throttled(value: int) -> list[str]:
+    """Names of the flags set in `vcgencmd get_throttled`'s bit field."""
+    return [name for bit, name in THROTTLE_BITS.items() if value >> bit & 1]
+
+
 def throttled() -> dict[str, Any] | None:
     """Raspberry Pi under-voltage and throttling flags from `vcgencmd get_throttled`."""
     tool = shutil.which("vcgencmd")
@@ -46,7 +51,7 @@ def throttled() -> dict[str, Any] | None:
         value = int(output.strip().split("=", 1)[1], 16)
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return None
-    return {"raw": hex(value), "flags": [name for bit, name in THROTTLE_BITS.items() if value >> bit & 1]}
+    return {"raw": hex(value), "flags": decode_throttled(value)}
 
 
 def default_route_interface(root: Path = Path("/")) -> str | None:

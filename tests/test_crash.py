@@ -19,6 +19,9 @@ from refsource.server import ReferenceServer, SourceState
 from tests.conftest import RunningAgent, base_manifest, sign_manifest, wait_for, write_config
 
 DEVICE = "vinhthuan-ubnd-01"
+HEARTBEAT_FIELDS = {"device", "sent_at", "agent_version", "uptime_s", "manifest_serial", "current_item", "screen_on",
+                    "alert_active", "cache", "disk_free_bytes", "outbox_pending", "last_sync_ok_at", "clock_offset_s",
+                    "errors"}
 ITEM_S = 0.4
 
 
@@ -43,6 +46,11 @@ def test_sigkill_loop_loses_no_record(tmp_path: Path, private_key: Ed25519Privat
             assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
         final = agent_factory(config_path).start()
         wait_for(lambda: final.status()["outbox_pending"] <= 1, timeout=30, what="the backlog uploaded")
+        wait_for(lambda: server.state.heartbeats, timeout=15, what="a heartbeat")
+        beat = server.state.heartbeats[-1]
+        assert set(beat) >= HEARTBEAT_FIELDS and beat["device"] == DEVICE and beat["manifest_serial"] == 1
+        assert beat["cache"].keys() == {"bytes_used", "bytes_limit", "media_missing"}
+        assert "load_1m" in beat and "mem_available_bytes" in beat  # what this Linux machine can tell
         assert final.stop() == 0
 
         db = sqlite3.connect(tmp_path / "state" / "outbox.sqlite")

@@ -198,3 +198,17 @@ def test_gzip_is_used_only_when_it_pays(server) -> None:
     assert "Content-Encoding" not in posts[0].headers and posts[1].headers["Content-Encoding"] == "gzip"
     assert "Accept" not in posts[0].headers and "Connection" not in posts[0].headers
     assert server.state.heartbeats[1]["errors"] == ["e" * 50] * 20  # the source read the gzipped body
+
+
+def test_an_outage_keeps_records_until_the_source_is_back(server, outbox) -> None:
+    outbox.add([record(n) for n in range(10)])
+    problems, stop = Problems(), threading.Event()
+    down = HttpClient(ClientSettings("http://127.0.0.1:9/api", "tok", None, "ua", connect_timeout_s=2))
+    reporter = Reporter(down, device_url="http://127.0.0.1:9/api/devices/x", device_id=DEVICE, outbox=outbox,
+                        heartbeat=lambda: {}, problems=problems, stop=stop, heartbeat_interval_s=60,
+                        upload_interval_s=30, batch_size=50, today=lambda: "2026-11-26", rng=random.Random(1))
+    delays = [reporter.upload_pending() for _ in range(3)]
+    assert outbox.pending() == 10 and delays[2] > delays[0]  # backing off, nothing lost
+    assert any("connection refused" in e for e in problems.current())
+    make_reporter(server, outbox)[0].upload_pending()  # the link is back
+    assert outbox.pending() == 0 and len(server.state.playlogs) == 10
