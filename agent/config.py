@@ -107,6 +107,7 @@ class MqttConfig:
     url: str | tuple[str, ...] | None = setting(None, check=_mqtt_urls)
     topic_prefix: str = setting("bangtin")
     keepalive_s: int = setting(60, check=_in_range(5, 3600))
+    ca_file: str | None = setting(None, path=True)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import json
 import logging
 import os
 import queue
@@ -27,23 +28,28 @@ import pygame
 from agent import __version__, hardware, schedule
 from agent.cache.store import MediaStore
 from agent.clock import Clock
+from agent.commands import CommandLog, RemoteCommands
 from agent.config import Config
 from agent.content import Content
 from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer
 from agent.display.renderer import DisplaySettings, Renderer
+from agent.files import atomic_write
 from agent.health import Problems
 from agent.manifest import DEFAULT_TIMEZONE, load_trusted_keys
+from agent.models import Alert, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.sync.client import HttpClient
 from agent.sync.filesource import FileSource
 from agent.sync.http import HttpSettings, HttpSource
+from agent.sync.mqtt import MqttLink, MqttSettings, broker_urls
 from agent.sync.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 5.0
+ALERTS_FILE = "alerts.json"
 HEARTBEAT_FIELDS = ("device", "sent_at", "agent_version", "uptime_s", "manifest_serial", "current_item", "screen_on",
                     "alert_active", "cache", "disk_free_bytes", "outbox_pending", "last_sync_ok_at", "clock_offset_s",
                     "errors")
@@ -92,21 +98,99 @@ class Agent:
         self.dispatcher = Dispatcher(Actions(
             post=self.post,
             status=self.status,
-            add_alert=self.player.add_alert,
-            clear_alerts=lambda alert_id: self.player.clear_alerts(alert_id, self.clock.now(), time.monotonic()),
-            set_screen_mode=lambda mode: self.player.set_screen_mode(mode),  # type: ignore[arg-type]
+            add_alert=self._add_alert,
+            clear_alerts=self._clear_alerts,
+            set_screen_mode=self._set_screen_mode,  # type: ignore[arg-type]
             screenshot_png=self.renderer.screenshot_png,
             sync=self.request_sync,
             restart=self.request_restart,
             now=self.clock.now,
         ))
         self.control = ControlServer(Path(config.control.socket), self.dispatcher.handle, self.stop)
+        self.command_log = CommandLog(storage / "commands.sqlite")
+        self.mqtt = self._make_mqtt()
+
+    def _make_mqtt(self) -> MqttLink | None:
+        config = self.config
+        urls = broker_urls(config.mqtt.url)
+        if not urls:
+            return None
+        keys = load_trusted_keys(config.security.manifest_keys)
+        commands = RemoteCommands(self.dispatcher, self.command_log, keys, self.clock.now,
+                                  self._upload_screenshot if self.client is not None else None,
+                                  on_dropped=lambda count, why: self.problems.report(
+                                      "commands", f"{count} command(s) dropped; last: {why}"))
+        settings = MqttSettings(urls=urls, device_id=config.device.id, groups=config.device.groups, token=config.token(),
+                                topic_prefix=config.mqtt.topic_prefix, keepalive_s=config.mqtt.keepalive_s,
+                                ca_file=config.mqtt.ca_file)
+        link = MqttLink(settings, commands.handle, self.heartbeat, self.stop,
+                        refresh_s=None if self.reporter is not None else config.report.heartbeat_interval_s)
+        if self.reporter is not None:
+            self.reporter.deliver_elsewhere = link.publish_status
+        return link
+
+    def _upload_screenshot(self, png: bytes, command_id: str) -> int:
+        """POST a PNG to the source (§2) for the `screenshot` command; returns its size."""
+        assert self.client is not None
+        url = f"{self.config.source.url.rstrip('/')}/devices/{self.config.device.id}/screenshots"
+        response = self.client.post(url, png, "image/png", 60, headers={"X-Command-Id": command_id})
+        if not 200 <= response.status_code < 300:
+            raise self.client.http_error(response, "screenshot")
+        return len(png)
+
+    # --- alerts survive a restart until they expire ------------------------------------------------
+
+    def _add_alert(self, alert: Alert) -> None:
+        self.player.add_alert(alert)
+        self._save_alerts()
+        self._presence_changed()
+
+    def _clear_alerts(self, alert_id: str | None) -> int:
+        cleared = self.player.clear_alerts(alert_id, self.clock.now(), time.monotonic())
+        self._save_alerts()
+        self._presence_changed()
+        return cleared
+
+    def _set_screen_mode(self, mode: ScreenMode) -> None:
+        self.player.set_screen_mode(mode)
+        self._presence_changed()
+
+    def _presence_changed(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.request_presence()
+
+    def _save_alerts(self) -> None:
+        alerts = [{"id": a.id, "title": a.title, "body": a.body, "until": a.until.isoformat()}
+                  for a in self.player.active_alerts()]
+        try:
+            atomic_write(self.storage / ALERTS_FILE, json.dumps(alerts, ensure_ascii=False).encode())
+        except OSError as exc:
+            self.problems.report("alerts", f"active alerts not saved ({exc.strerror}): they end with a restart")
+
+    def _restore_alerts(self) -> None:
+        try:
+            saved = json.loads((self.storage / ALERTS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.problems.report("alerts", f"{ALERTS_FILE} unreadable ({exc}); no alert restored")
+            return
+        now = self.clock.now()
+        for entry in saved if isinstance(saved, list) else []:
+            try:
+                alert = Alert(str(entry["id"]), str(entry["title"]), str(entry["body"]),
+                              dt.datetime.fromisoformat(entry["until"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if alert.until > now:
+                self.player.add_alert(alert)
 
     def _make_source(self) -> FileSource | HttpSource:
         config = self.config
         url = urlsplit(config.source.url)
         if url.scheme == "file":
-            return FileSource(Path(unquote(url.path)), self.content, self.store, self.problems, self.stop, self.wake)
+            return FileSource(Path(unquote(url.path)), self.content, self.store, self.problems, self.stop,
+                              self.content_changed)
         settings = HttpSettings(
             base_url=config.source.url, device_id=config.device.id, token=config.token(), ca_file=config.source.ca_file,
             poll_interval_s=config.source.poll_interval_s, cache_limit_bytes=config.storage.cache_max_mb * 1024 * 1024,
@@ -120,7 +204,7 @@ class Agent:
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size, today=self.today,
         )
         return HttpSource(
-            settings, self.content, self.store, self.problems, self.stop, self.wake,
+            settings, self.content, self.store, self.problems, self.stop, self.content_changed,
             set_clock_offset=self.clock.set_offset,
             media_order=lambda manifest: schedule.media_in_order_of_need(manifest, self.clock.now(),
                                                                          self.player.current_item_id),
@@ -143,6 +227,12 @@ class Agent:
 
     def wake(self) -> None:
         self._inbox.put(None)
+
+    def content_changed(self) -> None:
+        """A source made new content current or verified media: redraw, and tell the province."""
+        self.wake()
+        if self.mqtt is not None:
+            self.mqtt.request_presence()
 
     def request_sync(self) -> None:
         self.source.request_sync()
@@ -195,6 +285,7 @@ class Agent:
             "last_sync_ok_at": _iso(self.source.last_sync_ok_at),
             "sync": self.source.status(),
             "report": self.reporter.status() if self.reporter is not None else None,
+            "mqtt": self.mqtt.status() if self.mqtt is not None else None,
             "clock_offset_s": round(self.clock.offset_s, 3),
             "errors": self.problems.current(),
             "source": self.config.source.url,
@@ -216,6 +307,7 @@ class Agent:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.store.open()
         self.outbox.open()
+        self.command_log.open()
         self.control.open()
         previous_handlers = self._install_signals()
         started: list[Any] = []
@@ -230,6 +322,7 @@ class Agent:
             # A first frame before anything slow: the splash, never a dark screen.
             self._step()
             self.content.restore()
+            self._restore_alerts()
             if not self.config.security.manifest_keys:
                 log.warning("no security.manifest_keys configured: unsigned manifests are accepted (development only)")
             self.control.start()
@@ -239,6 +332,9 @@ class Agent:
             if self.reporter is not None:
                 self.reporter.start()
                 started.append(self.reporter)
+            if self.mqtt is not None:
+                self.mqtt.start()
+                started.append(self.mqtt)
             self._loop()
         finally:
             self.player.shutdown(self.clock.now(), time.monotonic())
@@ -252,6 +348,7 @@ class Agent:
             self._fail_pending_work()
             self.renderer.close()
             self.outbox.close()
+            self.command_log.close()
             if self.client is not None and not any(p.is_alive() for p in started):
                 self.client.close()
             self._restore_signals(previous_handlers)

@@ -53,7 +53,7 @@ class Reporter:
         upload_interval_s: float,
         batch_size: int,
         today: Callable[[], str],
-        heartbeat_sent_elsewhere: Callable[[], bool] = lambda: False,
+        deliver_elsewhere: Callable[[dict[str, Any]], bool] = lambda beat: False,
         rng: random.Random | None = None,
     ) -> None:
         self._client = client
@@ -67,7 +67,7 @@ class Reporter:
         self._upload_interval_s = upload_interval_s
         self._batch_size = batch_size
         self._today = today
-        self._heartbeat_sent_elsewhere = heartbeat_sent_elsewhere
+        self.deliver_elsewhere = deliver_elsewhere  # set by main.py once the MQTT link exists
         self._rng = rng or random.Random()
         self._upload_backoff = Backoff(self._rng)
         self._wake = threading.Event()
@@ -135,10 +135,12 @@ class Reporter:
     def _send_heartbeat(self) -> float:
         """POST one heartbeat; returns the delay to the next one."""
         interval = self._jittered(self._heartbeat_interval_s)
-        if self._heartbeat_sent_elsewhere():
-            return interval  # the broker carried this one (retained status): not twice on a metered SIM
         try:
-            body = json.dumps(self._heartbeat(), ensure_ascii=False, separators=(",", ":")).encode()
+            beat = self._heartbeat()
+            if self.deliver_elsewhere(beat):
+                self._problems.resolve("heartbeat")
+                return interval  # the broker carried it (retained status): not twice on a metered SIM
+            body = json.dumps(beat, ensure_ascii=False, separators=(",", ":")).encode()
             response = self._client.post(f"{self._device_url}/heartbeat", body, "application/json", POST_DEADLINE_S)
             if not 200 <= response.status_code < 300:
                 raise self._client.http_error(response, "heartbeat")

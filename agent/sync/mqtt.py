@@ -1,0 +1,236 @@
+"""MQTT push (PROTOCOL.md §8): commands in, acks and retained presence out. Transport only.
+
+paho-mqtt 2.x (callback API version 2) driven by our own thread ("mqtt") so that reconnects get
+jitter (paho's own back-off has none, and a broker restart would otherwise stampede a fleet) and
+so that a list of brokers is tried in turn. MQTT v5 first, 3.1.1 if the broker refuses it. Username
+= device id, password = token; TLS verifies with the CA file. Subscriptions are made again on every
+connect. Refused credentials wait a long back-off: they will not fix themselves by hammering.
+A broker that is down never touches playback: everything here runs off the display thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from agent.sync.client import Backoff
+
+log = logging.getLogger(__name__)
+
+AUTH_FAILURE_WAIT_S = 600.0  # refused credentials: try again in ten minutes, not in a loop
+UNSUPPORTED_PROTOCOL = 132
+AUTH_REASONS = {134, 135, 4, 5}  # bad user name or password / not authorised (v5 and 3.1.1 codes)
+LOOP_TIMEOUT_S = 0.2
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    urls: tuple[str, ...]
+    device_id: str
+    groups: tuple[str, ...]
+    token: str | None
+    topic_prefix: str
+    keepalive_s: int
+    ca_file: str | None
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}/devices/{self.device_id}/{suffix}"
+
+    @property
+    def command_topics(self) -> list[str]:
+        return [self.topic("commands")] + [f"{self.topic_prefix}/groups/{g}/commands" for g in self.groups]
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        on_command: Callable[[bytes, str], dict[str, Any] | None],
+        presence: Callable[[], dict[str, Any]],
+        stop: threading.Event,
+        rng: random.Random | None = None,
+        refresh_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self._refresh_s = refresh_s  # presence refresh when no HTTP reporter drives heartbeats
+        self._on_command = on_command
+        self._presence = presence
+        self._stop = stop
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(self._rng, base_s=2.0, cap_s=300.0)
+        self._thread: threading.Thread | None = None
+        self._client: paho.Client | None = None
+        self._connected = threading.Event()
+        self._presence_due = threading.Event()
+        self._refused: int | None = None  # reason code of a refused CONNACK
+        self._subscribe_mid: int | None = None
+        self._protocols: dict[str, MQTTProtocolVersion] = {}  # broker url → version it accepted
+        self.broker: str | None = None
+        self.last_error: str | None = None
+        self.connects = 0
+
+    # --- thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        return {"connected": self._connected.is_set(), "broker": self.broker, "last_error": self.last_error}
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def request_presence(self) -> None:
+        """Publish fresh presence soon (the manifest, an alert or the screen mode changed)."""
+        self._presence_due.set()
+
+    def publish_status(self, beat: dict[str, Any]) -> bool:
+        """Retained presence with the heartbeat; False when not connected (then HTTP carries it)."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        payload = json.dumps({**beat, "online": True}, ensure_ascii=False, separators=(",", ":"))
+        return client.publish(self.settings.topic("status"), payload, qos=1, retain=True).rc == paho.MQTT_ERR_SUCCESS
+
+    def _run(self) -> None:
+        attempt = 0
+        urls = self.settings.urls
+        while not self._stop.is_set():
+            url = urls[attempt % len(urls)]
+            attempt += 1
+            self._session(url)
+            if self._stop.is_set():
+                break
+            if self._refused in AUTH_REASONS:
+                delay = AUTH_FAILURE_WAIT_S * self._rng.uniform(0.8, 1.2)
+            elif self._refused == UNSUPPORTED_PROTOCOL and self._protocols.get(url) == MQTTProtocolVersion.MQTTv311:
+                delay = 0.0  # fall back to 3.1.1 at once
+            else:
+                delay = self._backoff.next_delay() if attempt % len(urls) == 0 or len(urls) == 1 else 0.5
+            log.info("MQTT: next connection attempt in %.1f s", delay)
+            self._stop.wait(delay)
+
+    # --- one connection --------------------------------------------------------------------------
+
+    def _session(self, url: str) -> None:
+        parts = urlsplit(url)
+        protocol = self._protocols.get(url, MQTTProtocolVersion.MQTTv5)
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                             client_id=f"bangtin-{self.settings.device_id}", protocol=protocol,
+                             reconnect_on_failure=False)
+        client.username_pw_set(self.settings.device_id, self.settings.token)
+        # The broker publishes this if we vanish (power cut, kill -9): the province sees the board go.
+        client.will_set(self.settings.topic("status"), json.dumps({"online": False}), qos=1, retain=True)
+        if parts.scheme == "mqtts":
+            client.tls_set(ca_certs=self.settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._refused = None
+        self.broker = url
+        try:
+            client.connect(parts.hostname or "localhost", parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+                           keepalive=self.settings.keepalive_s)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            self.last_error = f"cannot connect to {url}: {exc}"
+            log.info("MQTT: %s", self.last_error)
+            return
+        self._client = client
+        next_refresh = time.monotonic() + (self._refresh_s or 0)
+        try:
+            while not self._stop.is_set():
+                if client.loop(timeout=LOOP_TIMEOUT_S) != paho.MQTT_ERR_SUCCESS or self._refused is not None:
+                    break
+                periodic = self._refresh_s is not None and time.monotonic() >= next_refresh
+                if self._connected.is_set() and (periodic or self._presence_due.is_set()):
+                    self._presence_due.clear()
+                    next_refresh = time.monotonic() + (self._refresh_s or 0)
+                    self.publish_status(self._presence())
+            if self._stop.is_set() and self._connected.is_set():
+                self._say_goodbye(client)
+        finally:
+            self._connected.clear()
+            self._client = None
+            try:
+                client.disconnect()
+            except (OSError, ValueError):
+                pass
+
+    def _say_goodbye(self, client: paho.Client) -> None:
+        """A clean stop says "offline" itself (the will is only for deaths)."""
+        info = client.publish(self.settings.topic("status"), json.dumps({"online": False}), qos=1, retain=True)
+        deadline = time.monotonic() + 2.0
+        while not info.is_published() and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        code = int(getattr(reason_code, "value", reason_code))
+        if getattr(reason_code, "is_failure", code != 0):
+            self._refused = code
+            if code == UNSUPPORTED_PROTOCOL and self.broker is not None:
+                self._protocols[self.broker] = MQTTProtocolVersion.MQTTv311
+            self.last_error = f"broker {self.broker} refused the connection: {reason_code}"
+            log.warning("MQTT: %s", self.last_error)
+            return
+        self._backoff.reset()
+        self.last_error = None
+        # Every connect: a broker restarted without persistence has forgotten our subscriptions.
+        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.settings.command_topics])
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        """Only with the SUBACK in hand can commands arrive: that is when the link counts as up."""
+        if mid != self._subscribe_mid:
+            return
+        refused = [code for code in reason_codes if getattr(code, "is_failure", False)]
+        if refused:
+            self.last_error = f"broker refused the command subscriptions: {refused} (check its ACL)"
+            log.warning("MQTT: %s", self.last_error)
+        self._connected.set()
+        self.connects += 1
+        log.info("MQTT: connected to %s, listening on %s", self.broker, ", ".join(self.settings.command_topics))
+        try:
+            self.publish_status(self._presence())
+        except Exception:  # presence comes again with the next heartbeat
+            log.exception("MQTT: presence not published")
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connected.is_set():
+            log.info("MQTT: disconnected from %s (%s)", self.broker, reason_code)
+        self._connected.clear()
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            ack = self._on_command(bytes(message.payload), message.topic)
+        except Exception:  # a bug in one command must not end the link
+            log.exception("MQTT: command on %s failed", message.topic)
+            return
+        if ack is not None:
+            client.publish(self.settings.topic("acks"), json.dumps(ack, ensure_ascii=False, separators=(",", ":")),
+                           qos=1)
+
+
+def broker_urls(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
