@@ -15,6 +15,7 @@ from agent import __version__
 from agent.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +70,21 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, found {text!r}") from None
 
 
+class JournaldFormatter(logging.Formatter):
+    """Under systemd: no timestamp (journald adds its own) and a `<N>` syslog priority prefix, so
+    `journalctl -p warning` finds our warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{SYSLOG_PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+
 def setup_logging(level: str) -> None:
-    """journald adds its own timestamps: don't write them twice under systemd."""
-    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(threadName)s %(name)s: %(message)s" if under_journald \
-        else "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournaldFormatter("%(threadName)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     logging.getLogger("watchdog").setLevel(max(logging.INFO, getattr(logging, level)))  # per-inotify-event noise
 
 

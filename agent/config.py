@@ -133,6 +133,8 @@ class DisplayConfig:
     fps: int = setting(30, check=_in_range(1, 120))
     crossfade_ms: int = setting(0, check=_in_range(0, 2000))
     splash_title: str = setting("BẢNG TIN ĐIỆN TỬ")
+    power_on_command: str | None = setting("auto")  # "auto": HDMI-CEC via cec-ctl when installed; null: none
+    power_off_command: str | None = setting("auto")
 
 
 @dataclass(frozen=True)

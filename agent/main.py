@@ -8,6 +8,7 @@ to the display thread through one queue of work items, which also wakes it at on
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import queue
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,15 +38,18 @@ from agent.ctlsocket import ControlServer
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.files import atomic_write
 from agent.health import Problems
+from agent.liveconfig import HOT_KEYS, ConfigWatcher
 from agent.manifest import DEFAULT_TIMEZONE, load_trusted_keys
 from agent.models import Alert, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
+from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
 from agent.sync.client import HttpClient
 from agent.sync.filesource import FileSource
 from agent.sync.http import HttpSettings, HttpSource
 from agent.sync.mqtt import MqttLink, MqttSettings, broker_urls
 from agent.sync.reporter import Reporter
+from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +113,16 @@ class Agent:
         ))
         self.control = ControlServer(Path(config.control.socket), self.dispatcher.handle, self.stop)
         self.command_log = CommandLog(storage / "commands.sqlite")
+        self._mqtt_stop = threading.Event()  # its own, so a config edit can replace the link alone
         self.mqtt = self._make_mqtt()
+        self.notifier = Notifier()
+        self.power = ScreenPower(resolve_command(config.display.power_on_command, CEC_ON),
+                                 resolve_command(config.display.power_off_command, CEC_OFF), self.stop)
+        self.config_watcher = ConfigWatcher(Path(config.path), lambda: self.config, self._config_edited,
+                                            self._config_refused, self.stop) if config.path else None
+        self.exec_restart = False  # a config edit that needs a fresh process: main.run() re-executes
+        self._started: list[Any] = []  # threads to join at the end, in reverse order
+        self._screen_lit: bool | None = None
 
     def _make_mqtt(self) -> MqttLink | None:
         config = self.config
@@ -123,7 +137,7 @@ class Agent:
         settings = MqttSettings(urls=urls, device_id=config.device.id, groups=config.device.groups, token=config.token(),
                                 topic_prefix=config.mqtt.topic_prefix, keepalive_s=config.mqtt.keepalive_s,
                                 ca_file=config.mqtt.ca_file)
-        link = MqttLink(settings, commands.handle, self.heartbeat, self.stop,
+        link = MqttLink(settings, commands.handle, self.heartbeat, self._mqtt_stop,
                         refresh_s=None if self.reporter is not None else config.report.heartbeat_interval_s)
         if self.reporter is not None:
             self.reporter.deliver_elsewhere = link.publish_status
@@ -243,6 +257,7 @@ class Agent:
 
     def request_stop(self) -> None:
         self.stop.set()
+        self._mqtt_stop.set()
         self.wake()
 
     def today(self) -> str:
@@ -310,7 +325,7 @@ class Agent:
         self.command_log.open()
         self.control.open()
         previous_handlers = self._install_signals()
-        started: list[Any] = []
+        started: list[Any] = self._started
         try:
             try:
                 self.renderer.open()
@@ -321,6 +336,7 @@ class Agent:
                 return 1
             # A first frame before anything slow: the splash, never a dark screen.
             self._step()
+            self.notifier.ready("splash on screen, loading content")
             self.content.restore()
             self._restore_alerts()
             if not self.config.security.manifest_keys:
@@ -335,10 +351,17 @@ class Agent:
             if self.mqtt is not None:
                 self.mqtt.start()
                 started.append(self.mqtt)
+            self.power.start()
+            started.append(self.power)
+            if self.config_watcher is not None:
+                self.config_watcher.start()
+                started.append(self.config_watcher)
             self._loop()
         finally:
+            self.notifier.stopping()
             self.player.shutdown(self.clock.now(), time.monotonic())
             self.stop.set()
+            self._mqtt_stop.set()
             for part in reversed(started):
                 part.join(JOIN_TIMEOUT_S)
                 if part.is_alive() and getattr(part, "blocked_in_network_io", lambda: False)():
@@ -391,8 +414,70 @@ class Agent:
             if frame.failed_showing is None:
                 break
             self.player.item_failed(frame.failed_showing, frame.failure, now, mono)
+        # Only a loop that gets here pings systemd: a frozen renderer gets the board restarted.
+        self.notifier.watchdog()
+        lit = bool(self.player.status()["screen_on"])
+        self.power.set(lit)
+        self.notifier.status(self._one_line_state(lit))
         ends = self.player.ends_at()
         return min(frame.next_change, ends if ends is not None else frame.next_change)
+
+    def _one_line_state(self, lit: bool) -> str:
+        manifest = self.content.current()
+        item = self.player.current_item_id
+        problems = len(self.problems.current())
+        return (f"serial {manifest.serial if manifest else '-'}, "
+                f"{'ALERT' if self.player.status()['alert_active'] else (item or 'splash') if lit else 'screen off'}, "
+                f"{problems} problem(s)")
+
+    # --- live config ---------------------------------------------------------------------------
+
+    def _config_refused(self, problems: list[str]) -> None:
+        self.problems.report("config", f"config edit refused, running config kept ({len(problems)} problem(s)): "
+                                       f"{problems[0]}")
+
+    def _config_edited(self, new: Config, changed: set[str]) -> None:
+        """From the config thread: applied on the display thread, which owns what changes."""
+        self.post(lambda: self.apply_config(new, changed))
+
+    def apply_config(self, new: Config, changed: set[str]) -> None:
+        self.problems.resolve("config")
+        cold = changed - HOT_KEYS
+        if cold:
+            log.warning("config change to %s needs a fresh start: restarting cleanly", ", ".join(sorted(cold)))
+            self.exec_restart = True
+            self.request_stop()
+            return
+        self.config = new
+        if isinstance(self.source, HttpSource):
+            self.source.settings = dataclasses.replace(self.source.settings, poll_interval_s=new.source.poll_interval_s)
+        if self.reporter is not None:
+            self.reporter.set_intervals(new.report.heartbeat_interval_s, new.report.upload_interval_s,
+                                        new.report.batch_size)
+        self.outbox.max_records, self.outbox.journal_days = new.report.outbox_max_records, new.report.journal_days
+        self.renderer.settings = dataclasses.replace(self.renderer.settings, fps=new.display.fps,
+                                                     crossfade_ms=new.display.crossfade_ms,
+                                                     splash_title=new.display.splash_title)
+        self.renderer.invalidate()
+        self.power.set_commands(resolve_command(new.display.power_on_command, CEC_ON),
+                                resolve_command(new.display.power_off_command, CEC_OFF))
+        if any(key.startswith("mqtt.") for key in changed):
+            self._replace_mqtt()
+        log.info("config applied without a restart")
+
+    def _replace_mqtt(self) -> None:
+        old = self.mqtt
+        if old is not None:
+            self._mqtt_stop.set()
+            old.join(JOIN_TIMEOUT_S)
+            self._started.remove(old)
+        self._mqtt_stop = threading.Event()
+        self.mqtt = self._make_mqtt()
+        if self.mqtt is not None:
+            self.mqtt.start()
+            self._started.append(self.mqtt)
+        elif self.reporter is not None:
+            self.reporter.deliver_elsewhere = lambda beat: False
 
     def _fail_pending_work(self) -> None:
         while True:
@@ -424,4 +509,9 @@ def _iso(unix_time: float | None) -> str | None:
 def run(config: Config) -> int:
     """Build the agent from a validated config and play until stopped."""
     log.info("bangtin-agent %s starting as %s (pid %d)", __version__, config.device.id, os.getpid())
-    return Agent(config).run()
+    agent = Agent(config)
+    code = agent.run()
+    if agent.exec_restart and code == 0:
+        # Same PID (systemd keeps tracking it), fresh process with the new config.
+        os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]])
+    return code

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo and scripts/test: make ./.venv ready on a fresh Debian 12 / Raspberry Pi OS.
 # Idempotent and quick when nothing changed (a stamp records what was installed).
 set -euo pipefail
@@ -42,7 +43,7 @@ fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "bootstrap: installing Python packages into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+    "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "${ROOT}[test]"
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -120,6 +120,11 @@ class Renderer:
     def size(self) -> tuple[int, int]:
         return self._screen.get_size() if self._screen is not None else (0, 0)
 
+    def invalidate(self) -> None:
+        """Draw everything again at the next frame (settings changed)."""
+        self._drawn_key = None
+        self._zone_key = None
+
     def screenshot_png(self) -> bytes:
         """A PNG of exactly what is on the physical screen now."""
         assert self._screen is not None

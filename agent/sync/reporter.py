@@ -101,6 +101,11 @@ class Reporter:
         return {"uploaded_records": self.uploaded_records, "last_upload_ok_at": self.last_upload_ok_at,
                 "last_heartbeat_ok_at": self.last_heartbeat_ok_at}
 
+    def set_intervals(self, heartbeat_s: float, upload_s: float, batch_size: int) -> None:
+        """A live config edit: takes effect from the next round."""
+        self._heartbeat_interval_s, self._upload_interval_s, self._batch_size = heartbeat_s, upload_s, batch_size
+        self._wake.set()
+
     def _jittered(self, interval: float) -> float:
         return self._rng.uniform(interval * 0.9, interval * 1.1)
 

@@ -1,0 +1,114 @@
+"""Live config: the config file is watched; a valid edit is applied without a restart where it can
+be, by a clean self-restart where not; an invalid edit is refused with `check-config`'s messages and
+the running config kept.
+
+Editors save by writing a new file and renaming it over the old one, so the folder is watched
+(watchdog) and events are filtered to the file's name; a burst of events is read once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from agent.config import Config, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+SETTLE_S = 0.5
+
+# Keys a running board takes as they are. Everything else (device, source url, keys, storage,
+# screen size, the control socket) is a new board: it restarts itself cleanly to take them.
+HOT_KEYS = {
+    "source.poll_interval_s", "report.heartbeat_interval_s", "report.upload_interval_s", "report.batch_size",
+    "report.outbox_max_records", "report.journal_days", "display.fps", "display.crossfade_ms", "display.splash_title",
+    "display.power_on_command", "display.power_off_command", "mqtt.url", "mqtt.topic_prefix", "mqtt.keepalive_s",
+    "mqtt.ca_file",
+}
+
+
+def changed_keys(old: Config, new: Config) -> set[str]:
+    changed = set()
+    for section in dataclasses.fields(Config):
+        if section.name == "path":
+            continue
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        for key in dataclasses.fields(before):
+            if getattr(before, key.name) != getattr(after, key.name):
+                changed.add(f"{section.name}.{key.name}")
+    return changed
+
+
+class _Touched(FileSystemEventHandler):
+    def __init__(self, name: str, wake: threading.Event) -> None:
+        self._name = name
+        self._wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        if any(Path(str(p)).name == self._name for p in paths if p) and event.event_type not in ("opened", "closed_no_write"):
+            self._wake.set()
+
+
+class ConfigWatcher:
+    def __init__(self, path: Path, current: Callable[[], Config], apply: Callable[[Config, set[str]], None],
+                 refuse: Callable[[list[str]], None], stop: threading.Event) -> None:
+        self._path = path
+        self._current = current
+        self._apply = apply
+        self._refuse = refuse
+        self._stop = stop
+        self._wake = threading.Event()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        observer = Observer()
+        observer.schedule(_Touched(self._path.name, self._wake), str(self._path.parent), recursive=False)
+        observer.daemon = True
+        observer.name = "config-watch"
+        observer.start()
+        self._observer = observer
+        self._thread = threading.Thread(target=self._run, name="config", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            while self._wake.is_set():  # let the editor finish writing
+                self._wake.clear()
+                self._stop.wait(SETTLE_S)
+            self.check()
+
+    def check(self) -> None:
+        try:
+            new = load_config(self._path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config edit refused: %s", problem)
+            self._refuse(exc.problems)
+            return
+        changed = changed_keys(self._current(), new)
+        if changed:
+            log.info("config changed: %s", ", ".join(sorted(changed)))
+            self._apply(new, changed)
