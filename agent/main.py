@@ -312,6 +312,7 @@ class Agent:
                 "first_frame_s": round(first - self.started_mono, 3) if first is not None else None,
                 "frame_ms": self.renderer.frame_cost_summary(),
                 "scene_shown_mono": self.renderer.scene_shown_mono,  # CLOCK_MONOTONIC, for latency benchmarks
+                "video": self.renderer.video_stats(),
             },
         }
 
@@ -411,6 +412,11 @@ class Agent:
             now, mono = self.clock.now(), time.monotonic()
             scene = self.player.update(now, mono)
             frame = self.renderer.render(scene, now, mono)
+            if frame.notice is not None and scene.item is not None:
+                self.problems.report(f"video:{scene.item.id}", f"video {scene.item.id} {frame.notice}")
+            if frame.finished_showing is not None:
+                self.player.finished(frame.finished_showing, now, mono)
+                continue
             if frame.failed_showing is None:
                 break
             self.player.item_failed(frame.failed_showing, frame.failure, now, mono)

@@ -96,6 +96,12 @@ class Player:
         self._problems.report(f"item:{item.id}", f"item {item.id} failed to load: {message}")
         self._end(now, mono, completed=False, reason="error")
 
+    def finished(self, showing_id: str, now: dt.datetime, mono: float) -> None:
+        """The display says this showing's video reached its own end (items without duration_s)."""
+        showing = self._showing
+        if showing is not None and showing.id == showing_id:
+            self._end(now, mono, completed=True, reason=None)
+
     def shutdown(self, now: dt.datetime, mono: float) -> None:
         self._end(now, mono, completed=False, reason="shutdown")
 

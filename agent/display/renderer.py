@@ -21,8 +21,9 @@ import pygame
 from agent import schedule
 from agent.display.slides import SlideError, Slides, fit_image
 from agent.display.text import FontBook, clean, fit_block
+from agent.display.video import PyAVBackend, PyAVPlayback, VideoBackend, VideoError
 from agent.manifest import DEFAULT_TIMEZONE
-from agent.models import Alert, Layout, Manifest, MediaSource, Scene
+from agent.models import Alert, Item, Layout, Manifest, MediaSource, Scene
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Frame:
     next_change: float  # monotonic time of the next scheduled visual change
     failed_showing: str | None = None
     failure: str = ""
+    finished_showing: str | None = None  # a video without duration_s reached its end
+    notice: str | None = None  # e.g. the board cannot keep up with a video
 
 
 def vietnamese_date(local: dt.datetime) -> str:
@@ -71,9 +74,14 @@ def rotate_rect(rect: pygame.Rect, logical: tuple[int, int], rotation: int) -> p
 
 
 class Renderer:
-    def __init__(self, settings: DisplaySettings, media: MediaSource) -> None:
+    def __init__(self, settings: DisplaySettings, media: MediaSource, video: VideoBackend | None = None) -> None:
         self.settings = settings
         self._media = media
+        self._video_backend = video or PyAVBackend()
+        self._video: PyAVPlayback | None = None  # the video on screen
+        self._video_rect = pygame.Rect(0, 0, 0, 0)
+        self._next_video: tuple[object, PyAVPlayback] | None = None  # decoding ahead of its turn
+        self._video_showing: str | None = None
         self._fonts = FontBook()
         self._slides = Slides(self._fonts, media)
         self._screen: pygame.Surface | None = None
@@ -113,12 +121,30 @@ class Renderer:
         self._set_rotation(0)
 
     def close(self) -> None:
+        self._close_videos()
         self._slides.close()
         pygame.display.quit()
+
+    def _close_videos(self) -> None:
+        for playback in (self._video, self._next_video[1] if self._next_video else None):
+            if playback is not None:
+                playback.close()
+        self._video, self._next_video = None, None
 
     @property
     def size(self) -> tuple[int, int]:
         return self._screen.get_size() if self._screen is not None else (0, 0)
+
+    def video_stats(self) -> dict[str, object] | None:
+        """Frames presented and dropped for the video on screen (status and benchmarks)."""
+        video = self._video
+        if video is None:
+            return None
+        stats = video.stats
+        fps = stats.measured_fps(time.monotonic())
+        return {"size": list(video.size), "presented": stats.presented, "dropped": stats.dropped,
+                "decoded": stats.decoded, "stream_fps": stats.stream_fps,
+                "measured_fps": round(fps, 1) if fps is not None else None}
 
     def invalidate(self) -> None:
         """Draw everything again at the next frame (settings changed)."""
@@ -176,11 +202,19 @@ class Renderer:
         if full:
             try:
                 self._draw_scene(scene, layout, local, mono, header, main, ticker)
-            except SlideError as exc:
+            except (SlideError, VideoError) as exc:
                 return Frame(mono, failed_showing=scene.showing_id, failure=str(exc))
             self._drawn_key = key
         elif local.second != self._clock_second and self._clock_rect is not None and scene.mode != "off":
             dirty.append(self._paint_clock(layout, local))
+        video = self._video
+        if video is not None:
+            if video.error():
+                return Frame(mono, failed_showing=scene.showing_id, failure=str(video.error()))
+            picture = video.frame(mono)
+            if picture is not None:
+                self._canvas.blit(picture, self._video_rect)
+                dirty.append(self._video_rect)
         if scene.mode in ("item", "splash"):
             self._set_ticker(scene.ticker_text, layout, ticker, mono)
             if self._ticker_active:
@@ -195,12 +229,21 @@ class Renderer:
         if scene.upcoming is not None and scene.manifest is not None and upcoming != self._asked_to_prepare:
             # Once per new upcoming item, not per ticker frame: the key hashes the whole item.
             self._asked_to_prepare = upcoming
-            self._slides.prepare(scene.manifest, scene.upcoming, main.size)
-        return Frame(self._next_change(mono, now, scene))
+            if scene.upcoming.type == "video":
+                self._prefetch_video(scene.manifest, scene.upcoming, main.size)
+            else:
+                self._slides.prepare(scene.manifest, scene.upcoming, main.size)
+        if video is not None and video.finished():
+            return Frame(mono, finished_showing=scene.showing_id)
+        notice = video.slow_report(mono) if video is not None else None
+        return Frame(self._next_change(mono, now, scene), notice=notice)
 
     def _next_change(self, mono: float, now: dt.datetime, scene: Scene) -> float:
         if scene.mode == "off":
             return mono + 1.0
+        if self._video is not None:  # the next frame's time, at most the fps ceiling apart
+            due = self._video.next_due()
+            return max(mono + 1.0 / self.settings.fps / 2, due if due is not None else mono + 1.0 / self.settings.fps)
         if self._ticker_active or self._fade_from is not None:
             return mono + 1.0 / self.settings.fps
         # Wake just after the wall clock's next second so the clock ticks on time.
@@ -210,6 +253,10 @@ class Renderer:
                     header: pygame.Rect, main: pygame.Rect, ticker: pygame.Rect) -> None:
         canvas = self._canvas
         self._clock_rect = None
+        keep_video = self._video is not None and scene.showing_id == self._video_showing
+        if self._video is not None and not keep_video:  # a new scene: the video stops (preemption included)
+            self._video.close()
+            self._video = None
         if scene.mode == "off":
             self._fade_from = None
             canvas.fill(BLACK)
@@ -219,7 +266,12 @@ class Renderer:
             self._fade_from = None
             self._draw_alert(scene.alert, local)
             return
-        if scene.mode == "item" and scene.item is not None and scene.manifest is not None:
+        if scene.mode == "item" and scene.item is not None and scene.item.type == "video" and scene.manifest is not None:
+            self._fade_from = None
+            if not keep_video:  # the same showing under a new manifest object plays on
+                self._start_video(scene.manifest, scene.item, main)  # may raise VideoError; the old frame stays
+                self._video_showing = scene.showing_id
+        elif scene.mode == "item" and scene.item is not None and scene.manifest is not None:
             slide = self._slides.get(scene.manifest, scene.item, main.size)  # may raise SlideError
             if self.settings.crossfade_ms > 0 and self.frames > 0:
                 self._fade_from = canvas.subsurface(main).copy()
@@ -327,6 +379,52 @@ class Renderer:
         self._clock_rect = pygame.Rect(0, height - clock_h, width, clock_h)
         self._clock_kind = "alert"
         self._paint_clock(Layout(), local)
+
+    # --- video -------------------------------------------------------------------------------
+
+    def _video_path(self, manifest: Manifest, item: Item) -> str:
+        media = manifest.media_by_id(item.media)
+        path = self._media.path_for(media.sha256) if media is not None else None
+        if path is None:
+            raise VideoError("media not verified in the cache")
+        return path
+
+    def _prefetch_video(self, manifest: Manifest, item: Item, size: tuple[int, int]) -> None:
+        """Open and start decoding the next item's video now, so its first frame is ready in time."""
+        if self._next_video is not None:
+            self._next_video[1].close()
+            self._next_video = None
+        try:
+            playback = self._video_backend.open(self._video_path(manifest, item), size)
+        except VideoError:
+            return  # reported when its turn comes and it fails again
+        assert isinstance(playback, PyAVPlayback)
+        playback.start(item.duration_s)
+        self._next_video = ((item, self._video_path(manifest, item), size), playback)
+
+    def _start_video(self, manifest: Manifest, item: Item, main: pygame.Rect) -> None:
+        key = (item, self._video_path(manifest, item), main.size)
+        if self._next_video is not None and self._next_video[0] == key:
+            playback = self._next_video[1]
+            self._next_video = None
+        else:
+            opened = self._video_backend.open(self._video_path(manifest, item), main.size)
+            assert isinstance(opened, PyAVPlayback)
+            playback = opened
+            playback.start(item.duration_s)
+        try:
+            playback.wait_first_frame()
+        except VideoError:
+            playback.close()
+            raise
+        width, height = playback.size
+        self._video_rect = pygame.Rect(main.x + (main.width - width) // 2, main.y + (main.height - height) // 2,
+                                       width, height)
+        self._canvas.fill(BLACK, main)
+        self._video = playback
+        first = playback.frame(time.monotonic())
+        if first is not None:
+            self._canvas.blit(first, self._video_rect)
 
     # --- ticker and crossfade -----------------------------------------------------------------
 

@@ -1,0 +1,221 @@
+"""Video items: real MP4s encoded here, frames checked on screen by pixels, proof of play, failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pygame
+import pytest
+
+from agent.cache.store import MediaStore
+from agent.display.renderer import DisplaySettings, Renderer
+from agent.display.video import PyAVBackend, VideoError, fit_size
+from agent.manifest import accept_manifest
+from agent.models import Manifest, Scene
+from tests.conftest import ContentFolder, RunningAgent, base_manifest, media_entry, wait_for, write_config, write_png
+from tests.video_files import make_mp4
+
+RED, BLUE, GREEN = (230, 20, 20), (20, 20, 230), (20, 200, 20)
+T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
+
+
+def near(colour: Any, expected: tuple[int, int, int], tolerance: int = 40) -> bool:
+    return all(abs(c - e) <= tolerance for c, e in zip(tuple(colour)[:3], expected, strict=True))
+
+
+def video_entry(path: Path, media_id: str = "v1") -> dict[str, Any]:
+    return media_entry(path, media_id, "video/mp4")
+
+
+def parse(**changes: Any) -> Manifest:
+    import json
+
+    return accept_manifest(json.dumps(base_manifest(1, **changes)).encode(), keys=(), device_id="b", groups=(),
+                           last_serial=None)
+
+
+@pytest.fixture
+def renderer(tmp_path: Path) -> Iterator[tuple[Renderer, MediaStore]]:
+    pygame.display.init()
+    pygame.font.init()
+    store = MediaStore(tmp_path / "store")
+    store.open()
+    r = Renderer(DisplaySettings(320, 180, False, 30, 0, "BẢNG TIN", "b"), store)
+    r.open()
+    yield r, store
+    r.close()
+
+
+def add(store: MediaStore, path: Path, media_id: str = "v1") -> dict[str, Any]:
+    entry = video_entry(path, media_id)
+    store.import_file(path, entry["sha256"], entry["size"], media_id)
+    return entry
+
+
+def shot(r: Renderer) -> pygame.Surface:
+    return pygame.image.load(io.BytesIO(r.screenshot_png()), "s.png")
+
+
+def test_frames_are_presented_at_their_time_scaled_to_the_zone(renderer, tmp_path) -> None:
+    r, store = renderer
+    clip = make_mp4(tmp_path / "rb.mp4", [RED, BLUE], seconds_each=0.6, fps=10, size=(320, 180))
+    m = parse(media=[add(store, clip)], items=[{"id": "v", "type": "video", "media": "v1"}])
+    scene = Scene("item", m, item=m.items[0], showing_id="s1")
+    started = time.monotonic()
+    frame = r.render(scene, T0, started)
+    assert frame.failed_showing is None
+    centre = (160, 110)
+    assert near(shot(r).get_at(centre), RED)  # the first frame is there at once: no black start
+    seen_blue = None
+    while time.monotonic() - started < 3:
+        frame = r.render(scene, T0, time.monotonic())
+        if seen_blue is None and near(shot(r).get_at(centre), BLUE):
+            seen_blue = time.monotonic() - started
+        if frame.finished_showing:
+            break
+        time.sleep(max(0.0, frame.next_change - time.monotonic()))
+    assert seen_blue is not None and 0.5 <= seen_blue <= 0.9  # blue from 0.6 s: presented on time
+    assert frame.finished_showing == "s1"  # no duration_s: the video's own length ends the showing
+    assert 1.1 <= time.monotonic() - started <= 1.6
+    assert r._video is not None and r._video.stats.presented >= 8  # of 12 frames at 10 fps; few dropped
+    # FFmpeg scaled the frames to the zone keeping the aspect ratio (16:9 into 320x151 → 268x150)
+    assert fit_size((320, 180), (320, 151)) == (268, 150)
+
+
+def test_corrupt_and_truncated_files_are_reported_and_never_blank_the_screen(renderer, tmp_path) -> None:
+    r, store = renderer
+    png = write_png(tmp_path / "g.png", (64, 36), GREEN)
+    image = media_entry(png, "img", "image/png")
+    store.import_file(png, image["sha256"], image["size"], "img")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(random.Random(1).randbytes(20_000))
+    good = make_mp4(tmp_path / "ok.mp4", [RED] * 2, fps=10)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    m = parse(media=[image, add(store, garbage, "bad"), add(store, truncated, "cut")],
+              items=[{"id": "g", "type": "image", "media": "img", "duration_s": 5},
+                     {"id": "bad", "type": "video", "media": "bad"}, {"id": "cut", "type": "video", "media": "cut"}])
+    r.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
+    before = pygame.image.tobytes(shot(r), "RGB")
+    for showing, item in (("s2", m.items[1]), ("s3", m.items[2])):
+        frame = r.render(Scene("item", m, item=item, showing_id=showing), T0, 1.0)
+        assert frame.failed_showing == showing and ("cannot" in frame.failure or "no frame" in frame.failure)
+        assert pygame.image.tobytes(shot(r), "RGB") == before  # the green image stays, never black
+
+
+def test_preemption_stops_the_decoder(renderer, tmp_path) -> None:
+    r, store = renderer
+    clip = make_mp4(tmp_path / "long.mp4", [RED] * 5, fps=10)
+    m = parse(media=[add(store, clip)], items=[{"id": "v", "type": "video", "media": "v1"}])
+    r.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, time.monotonic())
+    playback = r._video
+    assert playback is not None and playback._thread is not None and playback._thread.is_alive()
+    from agent.models import Alert
+
+    r.render(Scene("alert", m, alert=Alert("c", "KHẨN", "Lũ", T0 + dt.timedelta(hours=1)), showing_id="a"), T0,
+             time.monotonic())
+    assert r._video is None and not playback._thread.is_alive()
+    assert near(shot(r).get_at((3, 100)), (176, 0, 0), 12)
+
+
+def test_memory_does_not_grow_over_hundreds_of_plays(tmp_path) -> None:
+    clip = make_mp4(tmp_path / "short.mp4", [RED, BLUE], seconds_each=0.1, fps=20, size=(320, 180))
+    backend = PyAVBackend()
+
+    def rss_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def play() -> None:
+        playback = backend.open(str(clip), (320, 180))
+        playback.start(None)
+        playback.wait_first_frame()
+        fake_now = 0.0
+        while not playback.finished():
+            fake_now += 1.0  # a second per call: every frame is due, so the clip drains as fast as it decodes
+            if playback.frame(fake_now) is None:
+                time.sleep(0.001)
+        assert playback.stats.decoded == 4
+        playback.close()
+
+    for _ in range(30):
+        play()
+    baseline = rss_mb()
+    for _ in range(300):
+        play()
+    assert rss_mb() - baseline < 15, f"RSS grew from {baseline:.1f} MB to {rss_mb():.1f} MB over 300 plays"
+
+
+def test_unsupported_input_is_a_clear_error(tmp_path) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("không phải video")
+    with pytest.raises(VideoError, match="cannot open video"):
+        PyAVBackend().open(str(text), (320, 180))
+
+
+def agent_with_videos(tmp_path: Path, folder: ContentFolder, keys: list[str], items: list[dict[str, Any]],
+                      media: list[dict[str, Any]]) -> Path:
+    folder.publish(base_manifest(1, media=media, items=items))
+    return write_config(tmp_path / "agent.yaml", folder.root, tmp_path / "state", keys)
+
+
+def test_playlog_says_exactly_how_long_a_video_ran_and_duration_loops_it(
+        tmp_path: Path, content_folder: ContentFolder, public_key_b64: str,
+        agent_factory: Callable[[Path], RunningAgent]) -> None:
+    own = make_mp4(content_folder.root / "media" / "own.mp4", [RED, BLUE], seconds_each=0.75, fps=10)
+    looped = make_mp4(content_folder.root / "media" / "loop.mp4", [GREEN], seconds_each=0.5, fps=10)
+    config = agent_with_videos(tmp_path, content_folder, [public_key_b64], items=[
+        {"id": "own", "type": "video", "media": "v1"},                    # its own length: 1.5 s
+        {"id": "loop", "type": "video", "media": "v2", "duration_s": 2}],  # 0.5 s clip, looped to 2 s
+        media=[video_entry(own, "v1"), video_entry(looped, "v2")])
+    agent = agent_factory(config).start()
+    wait_for(lambda: len([r for r in agent.records() if r["type"] == "video"]) >= 2, timeout=20,
+             what="two video showings")
+    records = {r["item"]: r for r in agent.records() if r["type"] == "video"}
+    assert records["own"]["completed"] and 1350 <= records["own"]["duration_ms"] <= 1800
+    assert records["loop"]["completed"] and 1950 <= records["loop"]["duration_ms"] <= 2150
+    assert records["own"]["media_sha256"] == video_entry(own)["sha256"]
+    assert agent.stop() == 0
+
+
+def test_alert_preempts_a_video_and_the_record_says_so(
+        tmp_path: Path, content_folder: ContentFolder, public_key_b64: str,
+        agent_factory: Callable[[Path], RunningAgent]) -> None:
+    clip = make_mp4(content_folder.root / "media" / "long.mp4", [BLUE] * 20, fps=10)
+    config = agent_with_videos(tmp_path, content_folder, [public_key_b64],
+                               items=[{"id": "news", "type": "video", "media": "v1"}], media=[video_entry(clip)])
+    agent = agent_factory(config).start()
+    wait_for(lambda: agent.status()["current_item"] == "news", timeout=10, what="the video on screen")
+    wait_for(lambda: near(agent.screenshot().get_at((320, 200)), BLUE), timeout=5, what="video pixels")
+    agent.ctl("alert", title="CẢNH BÁO", body="Lũ quét", minutes=1)
+    assert near(agent.screenshot().get_at((3, 200)), (176, 0, 0), 12)
+    agent.ctl("clear_alert")
+    assert agent.stop() == 0
+    news = [r for r in agent.records() if r["item"] == "news"]
+    assert news[0]["reason"] == "preempted" and not news[0]["completed"]
+
+
+def test_a_corrupt_video_is_skipped_and_reported_while_the_rest_plays(
+        tmp_path: Path, content_folder: ContentFolder, public_key_b64: str,
+        agent_factory: Callable[[Path], RunningAgent]) -> None:
+    bad = content_folder.root / "media" / "bad.mp4"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(os.urandom(50_000))
+    png = write_png(content_folder.root / "media" / "ok.png", (160, 90), GREEN)
+    config = agent_with_videos(tmp_path, content_folder, [public_key_b64], items=[
+        {"id": "bad", "type": "video", "media": "v1"}, {"id": "ok", "type": "image", "media": "i1", "duration_s": 30}],
+        media=[video_entry(bad), media_entry(png, "i1", "image/png")])
+    agent = agent_factory(config).start()
+    wait_for(lambda: agent.status()["current_item"] == "ok", timeout=10, what="the image after the skip")
+    assert any("item bad failed to load: cannot open video" in e for e in agent.status()["errors"])
+    assert near(agent.screenshot().get_at((320, 200)), GREEN, 12)
+    assert [r["reason"] for r in agent.records() if r["item"] == "bad"] == ["error"]
