@@ -219,3 +219,17 @@ def test_a_corrupt_video_is_skipped_and_reported_while_the_rest_plays(
     assert any("item bad failed to load: cannot open video" in e for e in agent.status()["errors"])
     assert near(agent.screenshot().get_at((320, 200)), GREEN, 12)
     assert [r["reason"] for r in agent.records() if r["item"] == "bad"] == ["error"]
+
+
+def test_a_board_that_cannot_keep_up_says_so_with_the_measured_rate(tmp_path) -> None:
+    clip = make_mp4(tmp_path / "c.mp4", [RED], fps=10)
+    playback = PyAVBackend().open(str(clip), (320, 180))
+    playback.stats.stream_fps, playback.stats.started_mono = 30.0, 100.0
+    playback.stats.presented, playback.stats.dropped = 120, 30  # 4 s: 30 fps wanted, 30 presented per second
+    assert playback.slow_report(104.0) is None
+    playback.stats.presented, playback.stats.dropped = 48, 72  # 12 fps out of 30
+    report = playback.slow_report(104.0)
+    assert report is not None and "plays at 12.0 of its 30 frames/s" in report and "72 dropped" in report
+    playback.stats.presented = 10
+    assert playback.slow_report(101.0) is None  # too early to judge
+    playback.close()
