@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from agent.config import Config, ConfigError, load_config
+from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,14 @@ class ConfigWatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        observer = Observer()
-        observer.schedule(_Touched(self._path.name, self._wake), str(self._path.parent), recursive=False)
-        observer.daemon = True
-        observer.name = "config-watch"
-        observer.start()
-        self._observer = observer
+        self._observer = start_watching(self._path.parent, _Touched(self._path.name, self._wake), "config-watch",
+                                        recursive=False)
         self._thread = threading.Thread(target=self._run, name="config", daemon=True)
         self._thread.start()
 
     def join(self, timeout: float) -> None:
         self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout)
+        stop_watching(self._observer, timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 

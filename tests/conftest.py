@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
 import os
@@ -217,5 +216,6 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[[Path], RunningAgent]]:
             agent.process.wait(10)
 
 
-def local_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def near(colour: Any, expected: tuple[int, int, int], tolerance: int = 12) -> bool:
+    """A screenshot pixel close to `expected` (scaling and video compression move colours a little)."""
+    return all(abs(c - e) <= tolerance for c, e in zip(tuple(colour)[:3], expected, strict=True))

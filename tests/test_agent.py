@@ -22,6 +22,7 @@ from tests.conftest import (
     RunningAgent,
     base_manifest,
     media_entry,
+    near,
     wait_for,
     write_config,
     write_png,
@@ -30,9 +31,6 @@ from tests.conftest import (
 RED, GREEN = (220, 20, 20), (20, 200, 20)
 CENTRE = (320, 200)  # inside the main zone of a 640x360 screen
 
-
-def near(colour: Any, expected: tuple[int, int, int], tolerance: int = 12) -> bool:
-    return all(abs(c - e) <= tolerance for c, e in zip(tuple(colour)[:3], expected, strict=True))
 
 
 def image_manifest(folder: ContentFolder, serial: int, colour: tuple[int, int, int], item_id: str,

@@ -18,7 +18,7 @@ from agent.display.renderer import DisplaySettings, Renderer, rotate_rect
 from agent.display.text import FontBook, fit_block, wrap
 from agent.manifest import accept_manifest
 from agent.models import Alert, Manifest, Scene
-from tests.conftest import base_manifest, media_entry, write_png
+from tests.conftest import base_manifest, media_entry, near, write_png
 
 BLUE, WHITE, YELLOW = (0x0B, 0x3D, 0x91), (0xFF, 0xFF, 0xFF), (0xFF, 0xD2, 0x00)
 T0 = dt.datetime(2026, 11, 26, 2, 0, 0, 500000, tzinfo=dt.UTC)
@@ -119,9 +119,6 @@ def board(tmp_path: Path) -> Iterator[Board]:
     yield b
     b.close()
 
-
-def near(colour: Any, expected: tuple[int, int, int], tolerance: int = 12) -> bool:
-    return all(abs(c - e) <= tolerance for c, e in zip(tuple(colour)[:3], expected, strict=True))
 
 
 def test_image_is_scaled_to_fit_with_letterbox(board: Board) -> None:

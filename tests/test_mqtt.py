@@ -30,6 +30,7 @@ from tests.conftest import (
     RunningAgent,
     base_manifest,
     media_entry,
+    near,
     wait_for,
     write_config,
     write_png,
@@ -139,9 +140,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     yield b
     b.stop()
 
-
-def near(colour: Any, expected: tuple[int, int, int], tolerance: int = 12) -> bool:
-    return all(abs(c - e) <= tolerance for c, e in zip(tuple(colour)[:3], expected, strict=True))
 
 
 def board_config(tmp_path: Path, folder: ContentFolder, keys: list[str], mqtt_url: str | list[str], **extra: Any) -> Path:

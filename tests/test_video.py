@@ -19,15 +19,12 @@ from agent.display.renderer import DisplaySettings, Renderer
 from agent.display.video import PyAVBackend, VideoError, fit_size
 from agent.manifest import accept_manifest
 from agent.models import Manifest, Scene
-from tests.conftest import ContentFolder, RunningAgent, base_manifest, media_entry, wait_for, write_config, write_png
+from tests.conftest import ContentFolder, RunningAgent, base_manifest, media_entry, near, wait_for, write_config, write_png
 from tests.video_files import make_mp4
 
 RED, BLUE, GREEN = (230, 20, 20), (20, 20, 230), (20, 200, 20)
 T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
 
-
-def near(colour: Any, expected: tuple[int, int, int], tolerance: int = 40) -> bool:
-    return all(abs(c - e) <= tolerance for c, e in zip(tuple(colour)[:3], expected, strict=True))
 
 
 def video_entry(path: Path, media_id: str = "v1") -> dict[str, Any]:
@@ -72,11 +69,11 @@ def test_frames_are_presented_at_their_time_scaled_to_the_zone(renderer, tmp_pat
     frame = r.render(scene, T0, started)
     assert frame.failed_showing is None
     centre = (160, 110)
-    assert near(shot(r).get_at(centre), RED)  # the first frame is there at once: no black start
+    assert near(shot(r).get_at(centre), RED, 40)  # the first frame is there at once: no black start
     seen_blue = None
     while time.monotonic() - started < 3:
         frame = r.render(scene, T0, time.monotonic())
-        if seen_blue is None and near(shot(r).get_at(centre), BLUE):
+        if seen_blue is None and near(shot(r).get_at(centre), BLUE, 40):
             seen_blue = time.monotonic() - started
         if frame.finished_showing:
             break
@@ -195,7 +192,7 @@ def test_alert_preempts_a_video_and_the_record_says_so(
                                items=[{"id": "news", "type": "video", "media": "v1"}], media=[video_entry(clip)])
     agent = agent_factory(config).start()
     wait_for(lambda: agent.status()["current_item"] == "news", timeout=10, what="the video on screen")
-    wait_for(lambda: near(agent.screenshot().get_at((320, 200)), BLUE), timeout=5, what="video pixels")
+    wait_for(lambda: near(agent.screenshot().get_at((320, 200)), BLUE, 40), timeout=5, what="video pixels")
     agent.ctl("alert", title="CẢNH BÁO", body="Lũ quét", minutes=1)
     assert near(agent.screenshot().get_at((3, 200)), (176, 0, 0), 12)
     agent.ctl("clear_alert")

@@ -12,13 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from agent.models import Manifest, Media
+from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class FileSource:
         self._stop = stop
         self._on_change = on_change
         self._wake = threading.Event()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: Any = None
         self._thread: threading.Thread | None = None
         self._seen_signature: tuple[int, int, int] | None = None
         self._current: Manifest | None = None
@@ -107,9 +107,7 @@ class FileSource:
 
     def join(self, timeout: float) -> None:
         self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout)
+        stop_watching(self._observer, timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -122,12 +120,7 @@ class FileSource:
     def _ensure_watch(self) -> None:
         if self._observer is not None or not self.folder.is_dir():
             return
-        observer = Observer()
-        observer.schedule(_Wake(self._wake), str(self.folder), recursive=True)
-        observer.daemon = True
-        observer.name = "file-source-watch"
-        observer.start()
-        self._observer = observer
+        self._observer = start_watching(self.folder, _Wake(self._wake), "file-source-watch", recursive=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
