@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import av
 import pygame
+
+# PyAV (FFmpeg's libraries, ~25 MB resident and a few hundred ms to load) is imported on the first
+# video, not at start-up: most boards show images and text, and start faster and smaller without it.
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,8 @@ class PyAVPlayback:
         return False
 
     def _decode(self) -> None:
+        import av
+
         offset = 0.0
         try:
             while not self._stop.is_set():
@@ -133,6 +137,8 @@ class PyAVPlayback:
             self._put(None)
 
     def _decode_once(self, offset: float) -> float | None:
+        import av
+
         last = None
         with av.open(self.path) as container:
             stream = container.streams.video[0]
@@ -237,6 +243,8 @@ class PyAVBackend:
     """Software decoding in-process: fine for 720p; 1080p on a Pi 4 will want a hardware backend."""
 
     def open(self, path: str, zone: tuple[int, int]) -> PyAVPlayback:
+        import av
+
         try:
             with av.open(path) as container:
                 if not container.streams.video:
