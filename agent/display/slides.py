@@ -108,8 +108,8 @@ class Slides:
         if item.type == "text":
             self._pending[key] = _done(lambda: draw_text_slide(self._fonts, item, size, theme))
             return
-        if item.type != "image":
-            self._pending[key] = _done(_raise(SlideError(f"{item.type} items are not supported by this version")))
+        if item.type != "image":  # videos are played by the renderer's video backend, never as slides
+            self._pending[key] = _done(_raise(SlideError(f"{item.type} items have no slide")))
             return
         media = manifest.media_by_id(item.media)
         path = self._media.path_for(media.sha256) if media else None
