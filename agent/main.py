@@ -80,9 +80,10 @@ class Agent:
         self.problems = Problems()
         self.clock = Clock()
         self.store = MediaStore(storage / "media")
+        self.keys = load_trusted_keys(config.security.manifest_keys)  # for manifests and commands alike
         self.content = Content(
             storage, self.store, self.problems,
-            keys=load_trusted_keys(config.security.manifest_keys),
+            keys=self.keys,
             device_id=config.device.id, groups=config.device.groups,
         )
         self.outbox = Outbox(storage / RECORDS_FILE, on_error=self._outbox_problem,
@@ -122,15 +123,14 @@ class Agent:
                                             self._config_refused, self.stop) if config.path else None
         self.exec_restart = False  # a config edit that needs a fresh process: main.run() re-executes
         self._started: list[Any] = []  # threads to join at the end, in reverse order
-        self._screen_lit: bool | None = None
+        self._status_line_due = 0.0  # systemd's STATUS= is refreshed once a second, not per ticker frame
 
     def _make_mqtt(self) -> MqttLink | None:
         config = self.config
         urls = broker_urls(config.mqtt.url)
         if not urls:
             return None
-        keys = load_trusted_keys(config.security.manifest_keys)
-        commands = RemoteCommands(self.dispatcher, self.command_log, keys, self.clock.now,
+        commands = RemoteCommands(self.dispatcher, self.command_log, self.keys, self.clock.now,
                                   self._upload_screenshot if self.client is not None else None,
                                   on_dropped=lambda count, why: self.problems.report(
                                       "commands", f"{count} command(s) dropped; last: {why}"))
@@ -422,9 +422,12 @@ class Agent:
             self.player.item_failed(frame.failed_showing, frame.failure, now, mono)
         # Only a loop that gets here pings systemd: a frozen renderer gets the board restarted.
         self.notifier.watchdog()
-        lit = bool(self.player.status()["screen_on"])
+        lit = self.player.screen_on
         self.power.set(lit)
-        self.notifier.status(self._one_line_state(lit))
+        mono = time.monotonic()
+        if mono >= self._status_line_due:
+            self._status_line_due = mono + 1.0
+            self.notifier.status(self._one_line_state(lit))
         ends = self.player.ends_at()
         return min(frame.next_change, ends if ends is not None else frame.next_change)
 
@@ -433,7 +436,7 @@ class Agent:
         item = self.player.current_item_id
         problems = len(self.problems.current())
         return (f"serial {manifest.serial if manifest else '-'}, "
-                f"{'ALERT' if self.player.status()['alert_active'] else (item or 'splash') if lit else 'screen off'}, "
+                f"{'ALERT' if self.player.alert_active else (item or 'splash') if lit else 'screen off'}, "
                 f"{problems} problem(s)")
 
     # --- live config ---------------------------------------------------------------------------

@@ -117,13 +117,22 @@ class Player:
     def screen_mode(self) -> ScreenMode:
         return self._screen_mode
 
+    @property
+    def screen_on(self) -> bool:
+        return self._screen_on
+
+    @property
+    def alert_active(self) -> bool:
+        showing = self._showing
+        return showing is not None and showing.alert is not None
+
     def status(self) -> dict[str, object]:
         showing = self._showing
         return {
             "current_item": showing.key if showing is not None else None,
             "screen_on": self._screen_on,
             "screen_mode": self._screen_mode,
-            "alert_active": showing is not None and showing.alert is not None,
+            "alert_active": self.alert_active,
         }
 
     def ends_at(self) -> float | None:
