@@ -34,7 +34,3 @@ class Clock:
         offset = self.offset_s
         correction = offset if abs(offset) > CORRECTION_THRESHOLD_S else 0.0
         return dt.datetime.fromtimestamp(time.time() + correction, dt.UTC)
-
-    @staticmethod
-    def mono() -> float:
-        return time.monotonic()

@@ -82,9 +82,6 @@ class Reporter:
         self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
         self._thread.start()
 
-    def request_upload(self) -> None:
-        self._wake.set()
-
     def join(self, timeout: float) -> None:
         self._wake.set()
         if self._thread is not None:
