@@ -133,6 +133,9 @@ class Content:
             self._etag = etag
             self._version += 1
         self._problems.resolve("manifest")
+        # Problems about media and items the new manifest no longer has are no longer problems.
+        self._problems.resolve_prefix("media:", keep={f"media:{m.id}" for m in manifest.media})
+        self._problems.resolve_prefix("item:", keep={f"item:{i.id}" for i in manifest.items})
         log.info("manifest serial %d is now current (%d items, %d media)", manifest.serial,
                  len(manifest.items), len(manifest.media))
 

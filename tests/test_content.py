@@ -182,3 +182,17 @@ def test_accepted_manifest_survives_restart_and_rollback_stays_refused(
     second.source.check()
     assert second.serial() == 7
     assert any("serial 6 is lower than the accepted 7" in e for e in second.problems.current())
+
+
+def test_problems_of_withdrawn_media_go_with_the_manifest(harness: Harness, content_folder: ContentFolder) -> None:
+    content_folder.publish(base_manifest(1, media=[{"id": "gone", "url": "media/absent.png", "sha256": "5" * 64,
+                                                    "size": 10, "type": "image/png"}],
+                                         items=[{"id": "i1", "type": "image", "media": "gone", "duration_s": 5}]))
+    harness.source.check()
+    harness.problems.report("item:i1", "item i1 failed to load: cannot decode image")
+    assert any("media gone" in e for e in harness.problems.current())
+    publish_with_image(content_folder, 2)  # serial 2 has media m1 and item i1 only
+    harness.source.check()
+    errors = harness.problems.current()
+    assert not any("media gone" in e for e in errors)  # withdrawn media: its problem is gone
+    assert any("item i1 failed" in e for e in errors)  # i1 is still in the manifest: still reported
