@@ -1,8 +1,9 @@
-"""The command dispatcher shared by the local control socket (§9) and, later, MQTT (§8).
+"""The command dispatcher shared by the local control socket (§9) and MQTT (§8, agent/commands.py).
 
 Requests are validated here into typed actions with clear errors; anything that touches the
-player or the screen runs on the display thread (`post`), which also wakes it at once — that is
-what keeps an alert under a second from command to screen.
+player or the screen runs on the display thread (`on_display`), which also wakes it at once — that
+is what keeps an alert under a second from command to screen. `status` and the PNG encoding of a
+screenshot run on the caller's thread: the display thread only hands over what it owns.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.ids import new_ulid
+from agent.limits import MAX_BODY_CHARS, MAX_TITLE_CHARS, clip, show_value
 from agent.manifest import nfc, parse_instant
-from agent.models import Alert
+from agent.models import Alert, InputRejected
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,12 @@ class CommandError(ValueError):
 class Actions:
     """What the dispatcher can make the agent do; `main.py` wires these to the real parts."""
 
-    post: Callable[[Callable[[], Any]], concurrent.futures.Future[Any]]  # run on the display thread
-    status: Callable[[], dict[str, Any]]  # called on the display thread
-    add_alert: Callable[[Alert], None]
-    clear_alerts: Callable[[str | None], int]
-    set_screen_mode: Callable[[str], None]
-    screenshot_png: Callable[[], bytes]
+    on_display: Callable[[Callable[[], Any]], concurrent.futures.Future[Any]]  # run on the display thread
+    status: Callable[[], dict[str, Any]]  # called on the caller's thread
+    add_alert: Callable[[Alert], None]  # display thread
+    clear_alerts: Callable[[str | None], int]  # display thread
+    set_screen_mode: Callable[[str], None]  # display thread
+    screenshot_png: Callable[[], bytes]  # caller's thread (it asks the display thread for a copy)
     sync: Callable[[], None]
     restart: Callable[[], None]
     now: Callable[[], dt.datetime]
@@ -54,22 +56,28 @@ def parse_alert(args: Mapping[str, Any], command_id: str | None, now: dt.datetim
         raise CommandError("alert: args.title and args.body: expected strings")
     if not (title.strip() or body.strip()):
         raise CommandError("alert: expected a title or a body, found neither")
+    if len(title) > MAX_TITLE_CHARS or len(body) > MAX_BODY_CHARS:
+        raise CommandError(f"alert: title and body are limited to {MAX_TITLE_CHARS} and {MAX_BODY_CHARS} characters, "
+                           f"found {len(title)} and {len(body)}")
     until_text, minutes = args.get("until"), args.get("minutes")
     if until_text is not None and minutes is not None:
         raise CommandError("alert: expected args.until or args.minutes, found both")
     if until_text is not None:
         if not isinstance(until_text, str):
-            raise CommandError(f"alert: args.until: expected an RFC 3339 time, found {until_text!r}")
+            raise CommandError(f"alert: args.until: expected an RFC 3339 time, found {show_value(until_text)}")
         try:
             until = parse_instant(until_text, "alert: args.until")
-        except ValueError as exc:
+        except InputRejected as exc:
             raise CommandError(str(exc)) from None
         if until <= now:
             raise CommandError(f"alert: args.until {until_text} is already past")
+        if until - now > dt.timedelta(minutes=MAX_ALERT_MINUTES):
+            raise CommandError(f"alert: args.until is more than {MAX_ALERT_MINUTES // 1440} days away")
     else:
         count = DEFAULT_ALERT_MINUTES if minutes is None else minutes
         if isinstance(count, bool) or not isinstance(count, (int, float)) or not 0 < count <= MAX_ALERT_MINUTES:
-            raise CommandError(f"alert: args.minutes: expected a number from 1 to {MAX_ALERT_MINUTES}, found {minutes!r}")
+            raise CommandError(f"alert: args.minutes: expected a number from 1 to {MAX_ALERT_MINUTES}, "
+                               f"found {show_value(minutes)}")
         until = now + dt.timedelta(minutes=count)
     return Alert(id=command_id or f"local-{new_ulid()}", title=nfc(title), body=nfc(body), until=until)
 
@@ -88,10 +96,10 @@ class Dispatcher:
             return {"ok": False, "error": f"the display loop did not answer within {ANSWER_TIMEOUT_S:g} s"}
         except Exception as exc:
             log.exception("command failed")
-            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": clip(f"internal error: {type(exc).__name__}: {exc}")}
 
     def _on_display(self, work: Callable[[], Any]) -> Any:
-        return self._actions.post(work).result(timeout=ANSWER_TIMEOUT_S)
+        return self._actions.on_display(work).result(timeout=ANSWER_TIMEOUT_S)
 
     def _run(self, request: Any) -> Any:
         if not isinstance(request, dict):
@@ -99,12 +107,12 @@ class Dispatcher:
         command = request.get("command")
         args = request.get("args") or {}
         if command not in COMMANDS:
-            raise CommandError(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
+            raise CommandError(f"unknown command {show_value(command)}; known: {', '.join(COMMANDS)}")
         if not isinstance(args, dict):
             raise CommandError(f"{command}: args: expected an object, found {type(args).__name__}")
         actions = self._actions
         if command == "status":
-            return self._on_display(actions.status)
+            return actions.status()
         if command == "ping":
             return {"pong": True}
         if command == "sync":
@@ -117,16 +125,16 @@ class Dispatcher:
         if command == "clear_alert":
             alert_id = args.get("alert")
             if alert_id is not None and not isinstance(alert_id, str):
-                raise CommandError(f"clear_alert: args.alert: expected a command id, found {alert_id!r}")
+                raise CommandError(f"clear_alert: args.alert: expected a command id, found {show_value(alert_id)}")
             return {"cleared": self._on_display(lambda: actions.clear_alerts(alert_id))}
         if command == "screen":
             mode = args.get("mode")
             if mode not in ("on", "off", "auto"):
-                raise CommandError(f"screen: args.mode: expected on, off or auto, found {mode!r}")
+                raise CommandError(f"screen: args.mode: expected on, off or auto, found {show_value(mode)}")
             self._on_display(lambda: actions.set_screen_mode(mode))
             return {"mode": mode}
         if command == "screenshot":
-            png = self._on_display(actions.screenshot_png)
+            png = actions.screenshot_png()
             return {"png_base64": base64.b64encode(png).decode("ascii"), "bytes": len(png)}
         actions.restart()
         return {"restart": "requested"}

@@ -10,15 +10,20 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.limits import MAX_COMMAND_BYTES, load_json
+from agent.models import InputRejected
+
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = MAX_COMMAND_BYTES  # §10: the same bound as a command from the broker
 CLIENT_TIMEOUT_S = 15.0
+MAX_CLIENTS = 16  # a local script gone wrong must not spawn threads without end
 
 
 class ControlUnavailable(Exception):
@@ -39,17 +44,27 @@ def agent_answers(path: Path) -> bool:
 
 
 class ControlServer:
+    name = "control-socket"
+
     def __init__(self, path: Path, handle: Callable[[Any], dict[str, Any]], stop: threading.Event) -> None:
         self.path = path
         self._handle = handle
         self._stop = stop
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def open(self) -> None:
         """Bind now (before playback starts) so a second agent on the same socket is refused."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
+        try:
+            found = self.path.lstat()
+        except FileNotFoundError:
+            found = None
+        if found is not None:
+            # Only a stale socket of ours is replaced: a file or link planted there is not ours to delete.
+            if not stat.S_ISSOCK(found.st_mode):
+                raise RuntimeError(f"{self.path} exists and is not a socket: remove it or set control.socket")
             if agent_answers(self.path):
                 raise RuntimeError(f"another agent is already answering on {self.path}")
             self.path.unlink()
@@ -67,19 +82,26 @@ class ControlServer:
         self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
         self._thread.start()
 
+    def stop(self) -> None:
+        """The accept loop sees the shared stop event within its 0.5 s accept timeout."""
+
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+            try:
+                if stat.S_ISSOCK(self.path.lstat().st_mode):
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def health(self) -> dict[str, Any]:
+        return {"socket": str(self.path)}
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -92,23 +114,36 @@ class ControlServer:
                 if not self._stop.is_set():
                     log.exception("control socket accept failed")
                 return
+            if not self._clients.acquire(blocking=False):
+                _send(connection, {"ok": False, "error": f"busy: {MAX_CLIENTS} requests are already being answered"})
+                connection.close()
+                continue
             # One short-lived thread per client: a slow screenshot does not block `status`.
             threading.Thread(target=self._serve_client, args=(connection,), name="control-client", daemon=True).start()
 
     def _serve_client(self, connection: socket.socket) -> None:
-        with connection:
-            connection.settimeout(CLIENT_TIMEOUT_S)
-            try:
-                line = _read_line(connection)
-            except (OSError, ValueError) as exc:
-                _send(connection, {"ok": False, "error": f"bad request: {exc}"})
-                return
-            try:
-                request = json.loads(line)
-            except ValueError as exc:
-                _send(connection, {"ok": False, "error": f"bad request: not JSON ({exc})"})
-                return
-            _send(connection, self._handle(request))
+        try:
+            with connection:
+                connection.settimeout(CLIENT_TIMEOUT_S)
+                _send(connection, self._answer(connection))
+        finally:
+            self._clients.release()
+
+    def _answer(self, connection: socket.socket) -> dict[str, Any]:
+        try:
+            line = _read_line(connection)
+        except (OSError, ValueError) as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}
+        try:
+            request = parse_request(line)
+        except InputRejected as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}
+        return self._handle(request)
+
+
+def parse_request(line: bytes) -> Any:
+    """One request line → its JSON value, within the same limits as a command (§10)."""
+    return load_json(line, max_bytes=MAX_REQUEST_BYTES, what="request")
 
 
 def _read_line(connection: socket.socket) -> bytes:

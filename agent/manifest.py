@@ -1,34 +1,31 @@
-"""Manifest acceptance: bytes from a source → a verified, frozen Manifest (PROTOCOL.md §3–§4).
+"""Manifest acceptance: bytes from a source → a verified, frozen Manifest (PROTOCOL.md §3-§4, §10).
 
-The only way content reaches the screen. Everything here is pure except nothing: callers pass the
-trusted keys, the board's identity and the last accepted serial; persisting the serial is the
-caller's job (see agent/content.py).
+The only way content reaches the screen. Pure: callers pass the trusted keys, the board's identity
+and the last accepted serial; persisting the serial is the caller's job (agent/content.py). Every
+limit of §10 is checked here, so a manifest that passes cannot ask the renderer for the impossible.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hashlib
-import json
+import math
 import re
 import unicodedata
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
+from agent import limits
+from agent.envelope import MANIFEST_PAYLOAD_TYPE, TrustedKey, open_envelope
+from agent.limits import show_value
 from agent.models import (
     PRIORITIES,
+    InputRejected,
     Item,
     Layout,
     Manifest,
+    ManifestRejected,
     Media,
     Theme,
     TickerLine,
@@ -36,8 +33,6 @@ from agent.models import (
     When,
 )
 
-MANIFEST_PAYLOAD_TYPE = "application/vnd.bangtin.manifest+json"
-COMMAND_PAYLOAD_TYPE = "application/vnd.bangtin.command+json"
 SCHEMA = "bangtin.manifest/1"
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 
@@ -47,119 +42,9 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 COLOUR_PATTERN = re.compile(r"^#[0-9A-Fa-f]{6}$")
 HHMM_PATTERN = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
-MEDIA_TYPES = {"image/png", "image/jpeg", "video/mp4"}
+MIME_PATTERN = re.compile(r"^[a-z]+/[a-z0-9.+-]{1,100}$")
 ITEM_MEDIA_KIND = {"image": "image/", "video": "video/"}
-
-
-class ManifestError(ValueError):
-    """A manifest or envelope was refused; str() is the reason shown in status `errors`."""
-
-
-@dataclass(frozen=True)
-class TrustedKey:
-    keyid: str
-    key: Ed25519PublicKey
-
-
-def load_trusted_keys(encoded_keys: Sequence[str]) -> tuple[TrustedKey, ...]:
-    """Decode standard-base64 raw 32-byte Ed25519 public keys; ValueError names the bad one."""
-    keys = []
-    for index, encoded in enumerate(encoded_keys):
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"key #{index + 1} is not standard base64: {exc}") from None
-        if len(raw) != 32:
-            raise ValueError(f"key #{index + 1} decodes to {len(raw)} bytes, expected 32")
-        keys.append(TrustedKey(keyid_of(raw), Ed25519PublicKey.from_public_bytes(raw)))
-    return tuple(keys)
-
-
-def keyid_of(raw_public_key: bytes) -> str:
-    """First 16 hex digits of SHA-256 of the raw public key (§3)."""
-    return hashlib.sha256(raw_public_key).hexdigest()[:16]
-
-
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE pre-authentication encoding: "DSSEv1 len(t) t len(b) b"."""
-    encoded_type = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %s %d %s" % (len(encoded_type), encoded_type, len(payload), payload)
-
-
-def open_envelope(
-    raw: bytes,
-    payload_type: str,
-    keys: Sequence[TrustedKey],
-) -> tuple[dict[str, Any], str | None]:
-    """Parse a DSSE envelope (or, with no keys, a bare JSON object) and verify it.
-
-    Returns the decoded JSON payload and the keyid that verified it (None when bare).
-    """
-    try:
-        document = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"not UTF-8 text: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(document, dict):
-        raise ManifestError(f"expected a JSON object, found {type(document).__name__}")
-    if "payloadType" not in document and "signatures" not in document:
-        if keys:
-            raise ManifestError("unsigned document refused: trusted keys are configured, so a DSSE envelope is required")
-        return document, None
-    return _verify_envelope(document, payload_type, keys)
-
-
-def _decode_envelope(document: dict[str, Any], payload_type: str) -> tuple[bytes, list[dict[str, Any]]]:
-    found_type = document.get("payloadType")
-    if found_type != payload_type:
-        raise ManifestError(f"envelope payloadType: expected {payload_type!r}, found {found_type!r}")
-    payload_b64 = document.get("payload")
-    if not isinstance(payload_b64, str):
-        raise ManifestError("envelope payload: expected a base64 string")
-    try:
-        payload = base64.b64decode(payload_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ManifestError(f"envelope payload: not standard base64 ({exc})") from None
-    signatures = document.get("signatures")
-    if not isinstance(signatures, list) or not all(isinstance(s, dict) for s in signatures):
-        raise ManifestError("envelope signatures: expected a list of objects")
-    return payload, signatures
-
-
-def _find_signer(
-    payload_type: str, payload: bytes, signatures: list[dict[str, Any]], keys: Sequence[TrustedKey]
-) -> str | None:
-    message = pae(payload_type, payload)
-    for signature in signatures:
-        try:
-            sig = base64.b64decode(str(signature.get("sig", "")), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        # keyid is only a hint (§3): every trusted key is tried, so a wrong hint costs nothing.
-        for trusted in keys:
-            try:
-                trusted.key.verify(sig, message)
-            except InvalidSignature:
-                continue
-            return trusted.keyid
-    return None
-
-
-def _verify_envelope(
-    document: dict[str, Any], payload_type: str, keys: Sequence[TrustedKey]
-) -> tuple[dict[str, Any], str | None]:
-    payload, signatures = _decode_envelope(document, payload_type)
-    signer = _find_signer(payload_type, payload, signatures, keys) if keys else None
-    if keys and signer is None:
-        raise ManifestError("signature not valid for any trusted key")
-    try:
-        decoded = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"envelope payload is not UTF-8 JSON: {exc}") from None
-    if not isinstance(decoded, dict):
-        raise ManifestError(f"envelope payload: expected a JSON object, found {type(decoded).__name__}")
-    return decoded, signer
+MAX_WINDOWS = 1440  # `times` / `screen.on` windows per entry: one per minute of a day
 
 
 def accept_manifest(
@@ -170,22 +55,33 @@ def accept_manifest(
     groups: Sequence[str],
     last_serial: int | None,
 ) -> Manifest:
-    """Verify and parse manifest bytes. Raises ManifestError with a precise reason.
+    """Verify and parse manifest bytes. Raises ManifestRejected with a precise reason.
 
     A serial equal to `last_serial` is accepted here (the caller treats it as "no change");
     a lower one is refused (rollback protection).
     """
-    document, signer = open_envelope(raw, MANIFEST_PAYLOAD_TYPE, keys)
-    manifest = parse_manifest(document, signed_by=signer)
-    if manifest.audience is not None:
-        accepted_names = {device_id, *(f"group:{group}" for group in groups)}
-        if not accepted_names.intersection(manifest.audience):
-            raise ManifestError(
-                f"audience {list(manifest.audience)} names neither this board ({device_id!r}) nor its groups"
-            )
+    try:
+        opened = open_envelope(raw, MANIFEST_PAYLOAD_TYPE, keys, max_bytes=limits.MAX_MANIFEST_BYTES)
+    except InputRejected as exc:
+        raise ManifestRejected(str(exc)) from None
+    manifest = parse_manifest(opened.document, signed_by=opened.signed_by)
+    check_audience(manifest.audience, device_id, groups, required=bool(keys))
     if last_serial is not None and manifest.serial < last_serial:
-        raise ManifestError(f"serial {manifest.serial} is lower than the accepted {last_serial} (rollback refused)")
+        raise ManifestRejected(f"serial {manifest.serial} is lower than the accepted {last_serial} (rollback refused)")
     return manifest
+
+
+def check_audience(audience: Sequence[str] | None, device_id: str, groups: Sequence[str], *, required: bool,
+                   what: str = "manifest") -> None:
+    """The board or one of its groups must be named (§3, §4); with trusted keys an audience is required."""
+    if audience is None:
+        if required:
+            raise ManifestRejected(f"{what} has no audience")
+        return
+    accepted_names = {device_id, *(f"group:{group}" for group in groups)}
+    if not accepted_names.intersection(audience):
+        named = show_value(list(audience[:5]), 120)
+        raise ManifestRejected(f"audience {named} names neither this board ({device_id!r}) nor its groups")
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -206,32 +102,40 @@ class _Reader:
     def where(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, key: str, expected: str, found: Any) -> ManifestError:
-        return ManifestError(f"{self.where(key)}: expected {expected}, found {_show(found)}")
+    def fail(self, key: str, expected: str, found: Any) -> ManifestRejected:
+        return ManifestRejected(f"{self.where(key)}: expected {expected}, found {show_value(found)}")
 
-    def text(self, key: str, *, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, key: str, *, default: str | None = None, required: bool = False,
+             max_chars: int | None = None) -> str | None:
         value = self.data.get(key, default)
         if value is None:
             if required:
-                raise self.fail(key, "a string", "nothing")
+                raise ManifestRejected(f"{self.where(key)}: expected a string, found nothing")
             return None
         if not isinstance(value, str):
             raise self.fail(key, "a string", value)
-        return nfc(value)
+        value = nfc(value)
+        if max_chars is not None and len(value) > max_chars:
+            raise ManifestRejected(f"{self.where(key)}: {len(value)} characters, over the limit of {max_chars}")
+        return value
 
     def ident(self, key: str) -> str:
-        value = self.text(key, required=True)
+        value = self.text(key, required=True, max_chars=128)
         assert value is not None
         if not ID_PATTERN.match(value):
             raise self.fail(key, "an id of letters, digits, '.', '_', ':' or '-' (1-128)", value)
         return value
 
-    def number(self, key: str, *, positive: bool) -> float | None:
+    def number(self, key: str, *, low: float, high: float, low_open: bool = False) -> float | None:
+        """A finite number in [low, high] (or (low, high] with `low_open`)."""
         value = self.data.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
-            raise self.fail(key, "a number > 0" if positive else "a number", value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, "a number", value)
+        if value > high or value < low or (low_open and value == low):
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            raise self.fail(key, f"a number {bound} and <= {high:g}", value)
         return float(value)
 
     def obj(self, key: str) -> _Reader:
@@ -242,49 +146,52 @@ class _Reader:
             raise self.fail(key, "an object", value)
         return _Reader(value, self.where(key))
 
-    def objects(self, key: str) -> list[_Reader]:
+    def objects(self, key: str, limit: int) -> list[_Reader]:
         value = self.data.get(key, [])
+        if value is None:
+            value = []
         if not isinstance(value, list):
             raise self.fail(key, "a list", value)
+        if len(value) > limit:
+            raise ManifestRejected(f"{self.where(key)}: {len(value)} entries, over the limit of {limit}")
         readers = []
         for index, element in enumerate(value):
             if not isinstance(element, dict):
-                raise ManifestError(f"{self.where(key)}[{index}]: expected an object, found {_show(element)}")
+                raise ManifestRejected(f"{self.where(key)}[{index}]: expected an object, found {show_value(element)}")
             readers.append(_Reader(element, f"{self.where(key)}[{index}]"))
         return readers
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def parse_instant(text: str, where: str) -> dt.datetime:
     """RFC 3339 with an offset; a naive time is refused since its meaning would depend on the board."""
+    if len(text) > 40:
+        raise ManifestRejected(f"{where}: expected an RFC 3339 time with offset, found {show_value(text)}")
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ManifestError(f"{where}: expected an RFC 3339 time with offset, found {text!r}") from None
+        raise ManifestRejected(f"{where}: expected an RFC 3339 time with offset, found {show_value(text)}") from None
     if parsed.tzinfo is None:
-        raise ManifestError(f"{where}: expected an RFC 3339 time with offset, found {text!r} (no offset)")
+        raise ManifestRejected(f"{where}: expected an RFC 3339 time with offset, found {show_value(text)} (no offset)")
     return parsed
 
 
 def parse_window(value: Any, where: str) -> TimeWindow:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
-        raise ManifestError(f'{where}: expected ["HH:MM", "HH:MM"], found {_show(value)}')
+        raise ManifestRejected(f'{where}: expected ["HH:MM", "HH:MM"], found {show_value(value)}')
     minutes = []
     for part in value:
         match = HHMM_PATTERN.match(part)
         if not match:
-            raise ManifestError(f"{where}: expected HH:MM (00:00-23:59), found {part!r}")
+            raise ManifestRejected(f"{where}: expected HH:MM (00:00-23:59), found {show_value(part)}")
         minutes.append(int(match.group(1)) * 60 + int(match.group(2)))
     return TimeWindow(minutes[0], minutes[1])
 
 
 def parse_windows(value: Any, where: str) -> tuple[TimeWindow, ...]:
     if not isinstance(value, list):
-        raise ManifestError(f"{where}: expected a list of [\"HH:MM\", \"HH:MM\"], found {_show(value)}")
+        raise ManifestRejected(f"{where}: expected a list of [\"HH:MM\", \"HH:MM\"], found {show_value(value)}")
+    if len(value) > MAX_WINDOWS:
+        raise ManifestRejected(f"{where}: {len(value)} windows, over the limit of {MAX_WINDOWS}")
     return tuple(parse_window(window, f"{where}[{index}]") for index, window in enumerate(value))
 
 
@@ -296,7 +203,7 @@ def parse_when(reader: _Reader, key: str = "when") -> When:
     days = None
     if data.get("days") is not None:
         raw_days = data["days"]
-        iso_days = isinstance(raw_days, list) and all(
+        iso_days = isinstance(raw_days, list) and len(raw_days) <= 7 * 4 and all(
             isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 7 for d in raw_days)
         if not iso_days:
             raise when.fail("days", "a list of ISO weekdays 1-7", raw_days)
@@ -311,14 +218,14 @@ def parse_when(reader: _Reader, key: str = "when") -> When:
 
 
 def _priority(reader: _Reader) -> Any:
-    priority = reader.text("priority", default="normal")
+    priority = reader.text("priority", default="normal", max_chars=20)
     if priority not in PRIORITIES:
         raise reader.fail("priority", "normal, high or emergency", priority)
     return priority
 
 
 def _colour(reader: _Reader, key: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
-    value = reader.text(key)
+    value = reader.text(key, max_chars=20)
     if value is None:
         return default
     if not COLOUR_PATTERN.match(value):
@@ -328,22 +235,27 @@ def _colour(reader: _Reader, key: str, default: tuple[int, int, int]) -> tuple[i
 
 def check_media_url(url: str, where: str) -> str:
     """Refuse URLs that could name something outside the source's tree or the storage directory."""
+    if len(url) > 2048:
+        raise ManifestRejected(f"{where}: {len(url)} characters, over the limit of 2048")
     if any(ord(ch) < 0x20 or ch == "\\" for ch in url):
-        raise ManifestError(f"{where}: control characters and backslashes are not allowed in a media url")
-    parts = urlsplit(url)
+        raise ManifestRejected(f"{where}: control characters and backslashes are not allowed in a media url")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ManifestRejected(f"{where}: not a url: {show_value(url)}") from None
     if parts.scheme and parts.scheme not in ("http", "https"):
-        raise ManifestError(f"{where}: expected an http(s) or relative url, found scheme {parts.scheme!r}")
+        raise ManifestRejected(f"{where}: expected an http(s) or relative url, found scheme {show_value(parts.scheme)}")
     if not parts.scheme and parts.netloc:
-        raise ManifestError(f"{where}: network-path urls ('//host/...') are not allowed, found {url!r}")
+        raise ManifestRejected(f"{where}: network-path urls ('//host/...') are not allowed, found {show_value(url)}")
     if ".." in unquote(parts.path).split("/"):
-        raise ManifestError(f"{where}: '..' segments are not allowed in a media url, found {url!r}")
+        raise ManifestRejected(f"{where}: '..' segments are not allowed in a media url, found {show_value(url)}")
     if not parts.path or parts.path.endswith("/"):
-        raise ManifestError(f"{where}: expected a url naming a file, found {url!r}")
+        raise ManifestRejected(f"{where}: expected a url naming a file, found {show_value(url)}")
     return url
 
 
 def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) -> Manifest:
-    """Schema checks (§4) on a decoded manifest object. Unknown fields are ignored."""
+    """Schema and limit checks (§4, §10) on a decoded manifest object. Unknown fields are ignored."""
     top = _Reader(document, "")
     if document.get("schema") != SCHEMA:
         raise top.fail("schema", repr(SCHEMA), document.get("schema"))
@@ -353,7 +265,7 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
     issued_text = top.text("issued_at", required=True)
     assert issued_text is not None
     issued_at = parse_instant(issued_text, "issued_at")
-    timezone = top.text("timezone", default=DEFAULT_TIMEZONE) or DEFAULT_TIMEZONE
+    timezone = top.text("timezone", default=DEFAULT_TIMEZONE, max_chars=64) or DEFAULT_TIMEZONE
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -362,7 +274,7 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
     audience = None
     if document.get("audience") is not None:
         raw_audience = document["audience"]
-        if not (isinstance(raw_audience, list) and all(isinstance(a, str) for a in raw_audience)):
+        if not (isinstance(raw_audience, list) and all(isinstance(a, str) and len(a) <= 80 for a in raw_audience)):
             raise top.fail("audience", "a list of device ids and 'group:<name>'", raw_audience)
         audience = tuple(nfc(a) for a in raw_audience)
 
@@ -371,14 +283,19 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
     items = _parse_items(top, media_ids)
     layout = _parse_layout(top, media_ids)
     ticker = tuple(
-        TickerLine(id=line.ident("id"), text=line.text("text", required=True) or "", priority=_priority(line),
-                   when=parse_when(line))
-        for line in top.objects("ticker")
+        TickerLine(id=line.ident("id"), text=line.text("text", required=True, max_chars=limits.MAX_TICKER_CHARS) or "",
+                   priority=_priority(line), when=parse_when(line))
+        for line in top.objects("ticker", limits.MAX_TICKER_LINES)
     )
     _require_unique([t.id for t in ticker], "ticker")
     screen = top.obj("screen")
     screen_on = parse_windows(screen.data["on"], screen.where("on")) if screen.data.get("on") is not None else None
-    default_item = top.text("default_item")
+    whens = [item.when for item in items] + [line.when for line in ticker]
+    windows = sum(len(when.times or ()) for when in whens) + len(screen_on or ())
+    if windows > limits.MAX_TOTAL_WINDOWS:
+        raise ManifestRejected(f"the manifest has {windows} time windows in all, over the limit of "
+                               f"{limits.MAX_TOTAL_WINDOWS} (the schedule is evaluated every second)")
+    default_item = top.text("default_item", max_chars=128)
     if default_item is not None and default_item not in {item.id for item in items}:
         raise top.fail("default_item", "the id of an item in items[]", default_item)
     return Manifest(
@@ -400,22 +317,22 @@ def _require_unique(ids: list[str], where: str) -> None:
     seen: set[str] = set()
     for index, ident in enumerate(ids):
         if ident in seen:
-            raise ManifestError(f"{where}[{index}].id: {ident!r} is used twice")
+            raise ManifestRejected(f"{where}[{index}].id: {ident!r} is used twice")
         seen.add(ident)
 
 
 def _parse_media(top: _Reader) -> tuple[Media, ...]:
     media = []
-    for entry in top.objects("media"):
+    for entry in top.objects("media", limits.MAX_MEDIA):
         url = entry.text("url", required=True) or ""
-        sha = entry.text("sha256", required=True) or ""
+        sha = entry.text("sha256", required=True, max_chars=64) or ""
         if not SHA256_PATTERN.match(sha):
             raise entry.fail("sha256", "64 lowercase hex digits", sha)
         size = entry.data.get("size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise entry.fail("size", "a byte count (integer >= 0)", size)
-        mime = entry.text("type", required=True) or ""
-        if not re.match(r"^[a-z]+/[a-z0-9.+-]+$", mime):
+        mime = entry.text("type", required=True, max_chars=120) or ""
+        if not MIME_PATTERN.match(mime):
             raise entry.fail("type", "a MIME type such as image/png", mime)
         media.append(Media(entry.ident("id"), check_media_url(url, entry.where("url")), sha, size, mime))
     _require_unique([m.id for m in media], "media")
@@ -424,23 +341,24 @@ def _parse_media(top: _Reader) -> tuple[Media, ...]:
 
 def _parse_items(top: _Reader, media_ids: Mapping[str, Media]) -> tuple[Item, ...]:
     items = []
-    for entry in top.objects("items"):
-        kind = entry.text("type", required=True)
+    for entry in top.objects("items", limits.MAX_ITEMS):
+        kind = entry.text("type", required=True, max_chars=20)
         if kind not in ("image", "video", "text"):
             raise entry.fail("type", "image, video or text", kind)
         media_id = None
         if kind in ITEM_MEDIA_KIND:
-            media_id = entry.text("media", required=True) or ""
+            media_id = entry.text("media", required=True, max_chars=128) or ""
             if media_id not in media_ids:
                 raise entry.fail("media", "the id of an entry in media[]", media_id)
             media_type = media_ids[media_id].type
             if not media_type.startswith(ITEM_MEDIA_KIND[kind]):
                 raise entry.fail("media", f"{kind} media", f"{media_id!r} of type {media_type}")
-        duration = entry.number("duration_s", positive=True)
+        duration = entry.number("duration_s", low=0, high=limits.MAX_DURATION_S, low_open=True)
         if duration is None and kind != "video":
-            raise entry.fail("duration_s", f"a number > 0 (required for {kind} items)", None)
-        title = entry.text("title", default="") or ""
-        body = entry.text("body", default="") or ""
+            raise ManifestRejected(f"{entry.where('duration_s')}: expected a number > 0 (required for {kind} items), "
+                                   "found nothing")
+        title = entry.text("title", default="", max_chars=limits.MAX_TITLE_CHARS) or ""
+        body = entry.text("body", default="", max_chars=limits.MAX_BODY_CHARS) or ""
         if kind == "text" and not (title or body):
             raise entry.fail("body", "a title or body for a text item", "neither")
         items.append(
@@ -464,19 +382,19 @@ def _parse_layout(top: _Reader, media_ids: Mapping[str, Media]) -> Layout:
     header = layout.obj("header")
     ticker = layout.obj("ticker")
     theme = layout.obj("theme")
-    logo = header.text("logo")
+    logo = header.text("logo", max_chars=128)
     if logo is not None and (logo not in media_ids or not media_ids[logo].type.startswith("image/")):
         raise header.fail("logo", "the id of an image in media[]", logo)
     clock = header.data.get("clock", True)
     if not isinstance(clock, bool):
         raise header.fail("clock", "true or false", clock)
-    speed = ticker.number("speed_px_s", positive=True)
+    speed = ticker.number("speed_px_s", low=limits.TICKER_SPEED_RANGE[0], high=limits.TICKER_SPEED_RANGE[1])
     rotation = layout.data.get("rotation", 0)
     if rotation not in (0, 90, 180, 270) or isinstance(rotation, bool):
         raise layout.fail("rotation", "0, 90, 180 or 270", rotation)
     defaults = Theme()
     return Layout(
-        title=header.text("title", default="") or "",
+        title=header.text("title", default="", max_chars=limits.MAX_TITLE_CHARS) or "",
         logo=logo,
         clock=clock,
         ticker_speed_px_s=speed if speed is not None else 120.0,
@@ -485,16 +403,5 @@ def _parse_layout(top: _Reader, media_ids: Mapping[str, Media]) -> Layout:
             foreground=_colour(theme, "foreground", defaults.foreground),
             accent=_colour(theme, "accent", defaults.accent),
         ),
-        rotation=rotation,
+        rotation=int(rotation),
     )
-
-
-def sign_envelope(payload: bytes, payload_type: str, private_key: Ed25519PrivateKey) -> dict[str, Any]:
-    """A DSSE envelope signed with one key (the demo, tests and provincial tools use this)."""
-    raw_public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    signature = private_key.sign(pae(payload_type, payload))
-    return {
-        "payloadType": payload_type,
-        "payload": base64.b64encode(payload).decode("ascii"),
-        "signatures": [{"keyid": keyid_of(raw_public), "sig": base64.b64encode(signature).decode("ascii")}],
-    }

@@ -17,6 +17,25 @@ Priority = Literal["normal", "high", "emergency"]
 ItemType = Literal["image", "video", "text"]
 
 
+class InputRejected(Exception):
+    """Input from outside (manifest, command, media, bundle) was refused; str() is the reason, safe to echo.
+
+    Deliberately not a ValueError: a refusal is caught by name, never by accident.
+    """
+
+
+class ManifestRejected(InputRejected):
+    """A manifest or its envelope was refused (PROTOCOL.md §3-§4, §10)."""
+
+
+class CommandRejected(InputRejected):
+    """A command was dropped without an ack: unsigned, wrongly signed, mis-addressed, unreadable (§8)."""
+
+
+class MediaRejected(InputRejected):
+    """A media file's bytes or pixels were refused (size, SHA-256, dimensions)."""
+
+
 def priority_rank(priority: str) -> int:
     """0 for normal, 1 for high, 2 for emergency."""
     return PRIORITIES.index(priority)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat 
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.ctlsocket import ControlUnavailable, request  # noqa: E402
-from agent.manifest import COMMAND_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, sign_envelope  # noqa: E402
+from agent.envelope import COMMAND_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, sign_envelope  # noqa: E402
 
 DEVICE = "bench-board"
 
@@ -80,6 +81,7 @@ def main() -> None:
         content = work / "content"
         content.mkdir()
         manifest = {"schema": "bangtin.manifest/1", "serial": 1, "issued_at": "2026-11-26T08:00:00+07:00",
+                    "audience": [DEVICE],
                     "items": [{"id": "t", "type": "text", "title": "THÔNG BÁO", "body": "Nội dung", "duration_s": 3600}],
                     "ticker": [{"id": "k", "text": "Người dân chủ động phòng chống bão"}]}
         payload = json.dumps(manifest, ensure_ascii=False).encode()
@@ -102,7 +104,10 @@ def main() -> None:
             operator.loop_start()
             latencies = []
             for n in range(args.alerts):
+                issued = dt.datetime.now(dt.UTC)
                 body = {"id": f"bench-{n}-{hashlib.sha1(os.urandom(8)).hexdigest()[:8]}", "command": "alert",
+                        "audience": [DEVICE], "issued_at": issued.isoformat(),
+                        "expires_at": (issued + dt.timedelta(minutes=10)).isoformat(),
                         "args": {"title": "CẢNH BÁO KHẨN CẤP", "body": f"Bão số {n}", "minutes": 5}}
                 envelope = json.dumps(sign_envelope(json.dumps(body, ensure_ascii=False).encode(), COMMAND_PAYLOAD_TYPE, key))
                 sent = time.monotonic()

@@ -1,14 +1,16 @@
 """`python -m refsource`: keys, publishing a folder as a signed manifest, serving it.
 
   python -m refsource keygen --out province-key.json
-  python -m refsource publish --content ./bulletin --site ./site --device vinhthuan-ubnd-01 --key province-key.json
+  python -m refsource publish --content ./bulletin --site ./site --device vinhthuan-ubnd-01 --key province-key.json \
+      [--group angiang]
   python -m refsource serve --site ./site --port 8080 [--token T]
 
 `publish` reads `<content>/manifest.json`, whose media entries name files in the folder by `url`
 (`sha256`, `size` and `type` may be left out: they are filled in), copies each file into
 `<site>/media/<sha256>.<ext>` (one store for every board), points the urls there, sets the serial
-to one more than the site's last for that device (or `--serial`), signs with the key, and writes
-`<site>/devices/<device>/manifest`.
+to one more than the site's last for that device (or `--serial`), sets `audience` to the device
+(and `group:<name>` for each `--group`) unless the folder's manifest names its own, signs with the
+key, and writes `<site>/devices/<device>/manifest`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.manifest import MANIFEST_PAYLOAD_TYPE, keyid_of, open_envelope, sign_envelope
+from agent.envelope import MANIFEST_PAYLOAD_TYPE, keyid_of, open_envelope, sign_envelope
+from agent.limits import MAX_MANIFEST_BYTES
 from refsource.server import ReferenceServer, SourceState
 
 DEFAULT_BASE_PATH = "/api/bangtin/v1"
@@ -52,12 +55,14 @@ def last_serial(site: Path, device: str) -> int:
     path = site / "devices" / device / "manifest"
     if not path.exists():
         return 0
-    document, _ = open_envelope(path.read_bytes(), MANIFEST_PAYLOAD_TYPE, ())
+    document = open_envelope(path.read_bytes(), MANIFEST_PAYLOAD_TYPE, (), max_bytes=MAX_MANIFEST_BYTES).document
     return int(document.get("serial", 0))
 
 
 def publish(content: Path, site: Path, device: str, key: Path | None, serial: int | None = None,
-            base_path: str = DEFAULT_BASE_PATH) -> dict[str, Any]:
+            base_path: str = DEFAULT_BASE_PATH, groups: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Sign `content` for one device. The audience names the device (and `groups`, when given) unless
+    the folder's manifest.json sets its own: a signed manifest without one is refused (§3, v1.1)."""
     manifest = json.loads((content / "manifest.json").read_text(encoding="utf-8"))
     (site / "media").mkdir(parents=True, exist_ok=True)
     for media in manifest.get("media", []):
@@ -71,6 +76,7 @@ def publish(content: Path, site: Path, device: str, key: Path | None, serial: in
         media.update(sha256=sha, size=len(data), url=f"{base_path.rstrip('/')}/media/{sha}{suffix}")
         media.setdefault("type", mimetypes.guess_type(source.name)[0] or "application/octet-stream")
     manifest["schema"] = "bangtin.manifest/1"
+    manifest.setdefault("audience", [device, *(f"group:{group}" for group in groups)])
     manifest["serial"] = serial if serial is not None else last_serial(site, device) + 1
     manifest.setdefault("issued_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     payload = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", type=Path, help="signing key from keygen (without it: a bare manifest)")
     p.add_argument("--serial", type=int, help="default: the site's last serial for the device + 1")
     p.add_argument("--base-path", default=DEFAULT_BASE_PATH)
+    p.add_argument("--group", action="append", default=[], metavar="NAME",
+                   help="also address the device's group NAME (audience group:NAME); repeatable")
     s = commands.add_parser("serve", help="serve a site over HTTP")
     s.add_argument("--site", type=Path, required=True)
     s.add_argument("--host", default="127.0.0.1")
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: keyid {key['keyid']}\nput on the boards (security.manifest_keys): {key['public_key_b64']}")
         return 0
     if args.command == "publish":
-        manifest = publish(args.content, args.site, args.device, args.key, args.serial, args.base_path)
+        manifest = publish(args.content, args.site, args.device, args.key, args.serial, args.base_path,
+                           tuple(args.group))
         print(f"published serial {manifest['serial']} for {args.device} ({len(manifest.get('items', []))} items)"
               f"{'' if args.key else ' UNSIGNED'}")
         return 0

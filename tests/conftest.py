@@ -20,7 +20,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.ctlsocket import ControlUnavailable, request
-from agent.manifest import MANIFEST_PAYLOAD_TYPE, sign_envelope
+from agent.envelope import MANIFEST_PAYLOAD_TYPE, sign_envelope
 
 VECTORS = Path(__file__).parent / "vectors"
 ROOT = Path(__file__).parent.parent
@@ -62,8 +62,14 @@ def public_key_b64(test_key: dict[str, str]) -> str:
     return test_key["public_key_b64"]
 
 
+TEST_BOARD = "vinhthuan-ubnd-01"
+TEST_AUDIENCE = (TEST_BOARD, "group:angiang")
+
+
 def sign_manifest(manifest: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    payload = json.dumps(manifest, ensure_ascii=False).encode("utf-8")
+    """Signed for the test board as `refsource publish` does: with an audience unless the test set one."""
+    body = manifest if "audience" in manifest else {**manifest, "audience": list(TEST_AUDIENCE)}
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
     return json.dumps(sign_envelope(payload, MANIFEST_PAYLOAD_TYPE, key)).encode()
 
 

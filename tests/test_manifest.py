@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.manifest import (
-    COMMAND_PAYLOAD_TYPE,
-    MANIFEST_PAYLOAD_TYPE,
-    ManifestError,
-    accept_manifest,
-    load_trusted_keys,
-    open_envelope,
-    pae,
-)
+from agent.envelope import COMMAND_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, load_trusted_keys, open_envelope, pae
+from agent.manifest import accept_manifest
+from agent.models import InputRejected
+from agent.models import ManifestRejected as ManifestError
 from tests.conftest import VECTORS, base_manifest, sign_manifest
 
 DEVICE = "vinhthuan-ubnd-01"
@@ -73,10 +68,10 @@ def test_wrong_keyid_hint_still_verifies(keys, private_key) -> None:
 
 def test_command_envelope_verifies_with_its_own_payload_type(keys) -> None:
     raw = (VECTORS / "command.alert.signed.json").read_bytes()
-    command, signer = open_envelope(raw, COMMAND_PAYLOAD_TYPE, keys)
-    assert command["command"] == "alert" and signer is not None
-    with pytest.raises(ManifestError, match="payloadType"):
-        open_envelope(raw, MANIFEST_PAYLOAD_TYPE, keys)
+    opened = open_envelope(raw, COMMAND_PAYLOAD_TYPE, keys, max_bytes=65536)
+    assert opened.document["command"] == "alert" and opened.signed_by is not None
+    with pytest.raises(InputRejected, match="payloadType"):
+        open_envelope(raw, MANIFEST_PAYLOAD_TYPE, keys, max_bytes=65536)
 
 
 def test_audience_device_or_group(keys, private_key) -> None:
