@@ -13,8 +13,8 @@ import pytest
 
 from agent.cache.store import MediaError, MediaStore
 from agent.content import Content
+from agent.envelope import load_trusted_keys
 from agent.health import Problems
-from agent.manifest import load_trusted_keys
 from agent.sync.filesource import FileSource
 from tests.conftest import VECTORS, ContentFolder, base_manifest, media_entry, wait_for, write_png
 
@@ -49,6 +49,7 @@ def test_corrupt_cached_file_is_removed_on_restart(tmp_path: Path) -> None:
     cached = tmp_path / "media" / sha(data)
     cached.write_bytes(data[:-10] + b"0123456789")  # bit rot / torn write from an older version
     fresh = MediaStore(tmp_path / "media")
+    fresh.open()
     assert fresh.verify_existing([(sha(data), len(data))]) == [sha(data)]
     assert fresh.path_for(sha(data)) is None and not cached.exists()
 
@@ -56,7 +57,7 @@ def test_corrupt_cached_file_is_removed_on_restart(tmp_path: Path) -> None:
 class Harness:
     """Content + store + FileSource as main.py wires them, without a display."""
 
-    def __init__(self, tmp_path: Path, folder: ContentFolder, keys: list[str]) -> None:
+    def __init__(self, tmp_path: Path, folder: ContentFolder, keys: list[str], cache_limit: int = 1 << 30) -> None:
         self.problems = Problems()
         self.store = MediaStore(tmp_path / "state" / "media")
         self.store.open()
@@ -64,7 +65,8 @@ class Harness:
                                device_id="vinhthuan-ubnd-01", groups=["angiang"])
         self.stop = threading.Event()
         self.changes = 0
-        self.source = FileSource(folder.root, self.content, self.store, self.problems, self.stop, self._changed)
+        self.source = FileSource(folder.root, self.content, self.store, self.problems, self.stop, self._changed,
+                                 cache_limit_bytes=cache_limit)
 
     def _changed(self) -> None:
         self.changes += 1
@@ -153,15 +155,20 @@ def test_missing_or_wrong_media_is_reported_and_never_verified(harness: Harness,
     assert harness.store.path_for(str(bad_entry["sha256"])) is None
 
 
-def test_symlink_out_of_the_folder_is_refused(harness: Harness, content_folder: ContentFolder, tmp_path: Path) -> None:
-    outside = write_png(tmp_path / "secret.png", (4, 4), (9, 9, 9))
-    (content_folder.root / "media" / "link.png").symlink_to(outside)
-    entry = {**media_entry(outside, "m1", "image/png"), "url": "media/link.png"}
-    content_folder.publish(base_manifest(1, media=[entry], items=[{"id": "i1", "type": "image", "media": "m1",
-                                                                    "duration_s": 5}]))
+def test_links_out_of_the_folder_are_refused(harness: Harness, content_folder: ContentFolder, tmp_path: Path) -> None:
+    outside = write_png(tmp_path / "elsewhere" / "secret.png", (4, 4), (9, 9, 9))
+    (content_folder.root / "media" / "link.png").symlink_to(outside)  # the file itself a link
+    (content_folder.root / "away").symlink_to(outside.parent)  # a folder on the way leads out
+    linked = {**media_entry(outside, "m1", "image/png"), "url": "media/link.png"}
+    away = {**media_entry(outside, "m2", "image/png"), "url": "away/secret.png"}
+    content_folder.publish(base_manifest(1, media=[linked, away], items=[
+        {"id": "i1", "type": "image", "media": "m1", "duration_s": 5},
+        {"id": "i2", "type": "image", "media": "m2", "duration_s": 5}]))
     harness.source.check()
-    assert any("leads outside" in e for e in harness.problems.current())
-    assert harness.store.path_for(str(entry["sha256"])) is None
+    errors = "\n".join(harness.problems.current())
+    assert "media m1: cannot read media/link.png: it is a link; only regular files are read" in errors
+    assert "media m2: 'away/secret.png' leads outside" in errors
+    assert harness.store.path_for(str(linked["sha256"])) is None
 
 
 def test_accepted_manifest_survives_restart_and_rollback_stays_refused(
@@ -176,6 +183,8 @@ def test_accepted_manifest_survives_restart_and_rollback_stays_refused(
     second = Harness(tmp_path, content_folder, [public_key_b64])
     restored = second.content.restore()
     assert restored is not None and restored.serial == 7
+    assert second.store.path_for(image_sha) is None  # not trusted before it is hashed again
+    second.content.verify_cached(restored.media)
     assert second.store.path_for(image_sha) is not None
     (content_folder.root / "media").mkdir(parents=True)
     publish_with_image(content_folder, 6)

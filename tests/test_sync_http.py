@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent import schedule
 from agent.cache.store import MediaStore
 from agent.content import Content
+from agent.envelope import load_trusted_keys
 from agent.health import Problems
-from agent.manifest import accept_manifest, load_trusted_keys
-from agent.sync.client import Backoff, SourceError, parse_retry_after
+from agent.manifest import accept_manifest
+from agent.sync.client import Backoff, HttpClient, SourceError, parse_retry_after
 from agent.sync.http import HttpSettings, HttpSource
 from refsource.server import Faults, ReferenceServer, SourceState, strong_etag
 from tests.conftest import VECTORS, base_manifest, sign_manifest, wait_for
@@ -62,21 +64,33 @@ class Board:
     """HttpSource wired to a real Content and store, as main.py does (no display, no thread unless started)."""
 
     def __init__(self, tmp_path: Path, server: ReferenceServer, keys: list[str], *, token: str | None = "tok-123",
-                 cache_limit: int = 1 << 30, read_timeout: float = 5.0, base_url: str | None = None) -> None:
+                 cache_limit: int = 1 << 30, read_timeout: float = 5.0, base_url: str | None = None,
+                 ca_file: str | None = None) -> None:
         self.problems = Problems()
         self.store = MediaStore(tmp_path / "state" / "media")
         self.store.open()
         self.content = Content(tmp_path / "state", self.store, self.problems, keys=load_trusted_keys(keys),
                                device_id=DEVICE, groups=["angiang"])
-        self.content.restore()
+        restored = self.content.restore()
+        if restored is not None:  # as the agent does before its first sync (main._restore)
+            self.content.verify_cached(restored.media)
         self.stop = threading.Event()
         self.offsets: list[float] = []
-        self.settings = HttpSettings(base_url=base_url or server.base_url, device_id=DEVICE, token=token, ca_file=None,
+        self.on_screen: set[str] = set()
+        self.settings = HttpSettings(base_url=base_url or server.base_url, device_id=DEVICE, token=token, ca_file=ca_file,
                                      poll_interval_s=30, cache_limit_bytes=cache_limit, user_agent="bangtin-agent/test",
                                      read_timeout_s=read_timeout)
+        self.client = HttpClient(self.settings.client_settings(), self.offsets.append)
         self.source = HttpSource(self.settings, self.content, self.store, self.problems, self.stop, lambda: None,
-                                 self.offsets.append, lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None),
-                                 rng=random.Random(7))
+                                 lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None),
+                                 self.client, rng=random.Random(7), on_screen=lambda: self.on_screen,
+                                 mono=lambda: time.monotonic() + self.skipped_s)
+
+    skipped_s = 0.0
+
+    def later(self, seconds: float) -> None:
+        """Move the source's clock on, as if `seconds` passed (its back-offs expire)."""
+        self.skipped_s += seconds
 
     def serial(self) -> int | None:
         manifest = self.content.current()
@@ -116,11 +130,12 @@ def test_cut_transfer_resumes_with_range_and_if_range(tmp_path, server, private_
     publish(server, private_key, 1, files)
     server.state.faults = Faults(cut_media_after_bytes=size // 2, cut_times=1)
     board = Board(tmp_path, server, keys)
-    with pytest.raises(SourceError, match=r"will resume|interrupted"):
-        board.source.sync_once()
+    assert board.source.sync_once().waiting_media == ("m1",)
+    assert re.search(r"media m1: .*(will resume|interrupted)", board.errors())
     sha = hashlib.sha256(files["m1"].read_bytes()).hexdigest()
     assert board.store.partial_size(sha) == size // 2
     assert board.store.path_for(sha) is None  # half a file is never visible
+    board.later(60)
     board.source.sync_once()
     media_requests = server.requests_to("big.png")
     assert len(media_requests) == 2
@@ -186,10 +201,10 @@ def test_new_manifest_switches_only_when_its_media_are_in(tmp_path, server, priv
     size = 120_000
     publish(server, private_key, 2, {"m2": media_file(tmp_path, "two.png", size, seed=9)})
     server.state.faults = Faults(cut_media_after_bytes=size // 3, cut_times=1)
-    with pytest.raises(SourceError):
-        board.source.sync_once()
+    assert board.source.sync_once().waiting_media == ("m2",)
     assert board.serial() == 1  # the old content plays on while the new media download
     assert board.source.status()["pending_manifest_serial"] == 2
+    board.later(60)  # the media host's back-off has passed
     board.source.sync_once()
     assert board.serial() == 2 and board.source.status()["pending_manifest_serial"] is None
     assert server.requests_to("/manifest")[-1].headers["If-None-Match"]  # the pending one's ETag: a 304
@@ -273,8 +288,8 @@ def test_cache_limit_evicts_old_media_never_the_current_manifests(tmp_path, serv
     assert board.store.bytes_used() <= 1_000_000
     four = media_file(tmp_path, "four.png", 900_000, seed=4)
     publish(server, private_key, 4, {"m2": two, "m4": four})
-    board.source.sync_once()  # cannot fit without evicting current media: refused, reported, old plays on
-    assert "cache_max_mb is too small" in board.errors()
+    board.source.sync_once()  # the new manifest alone does not fit: refused, reported, old plays on
+    assert "900000 bytes do not fit in storage.cache_max_mb" in board.errors()
     assert board.store.path_for(sha["2"]) and board.store.path_for(sha["3"])
 
 
@@ -367,11 +382,7 @@ def test_https_verifies_the_certificate_with_the_configured_ca_file(tmp_path, pr
         with pytest.raises(SourceError, match="TLS verification failed"):
             untrusting.source.sync_once()
         assert untrusting.serial() is None
-        trusting = Board(tmp_path / "b", tls_server, keys)
-        trusting.source = HttpSource(
-            HttpSettings(**{**trusting.settings.__dict__, "ca_file": str(ca_file)}), trusting.content, trusting.store,
-            trusting.problems, trusting.stop, lambda: None, trusting.offsets.append,
-            lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None))
+        trusting = Board(tmp_path / "b", tls_server, keys, ca_file=str(ca_file))
         trusting.source.sync_once()
         assert trusting.serial() == 1
     finally:
@@ -395,12 +406,17 @@ def test_corrupt_cached_media_is_fetched_again_after_a_restart(tmp_path, server,
 def test_clock_corrects_only_beyond_sixty_seconds() -> None:
     from agent.clock import Clock
 
-    clock = Clock()
+    problems: list[str | None] = []
+    clock = Clock(synchronised=lambda: False, report=problems.append)
     clock.set_offset(30)
     assert abs(clock.now().timestamp() - time.time()) < 1
     clock.set_offset(-7200)  # a Pi that booted two hours fast, before NTP
     assert abs(clock.now().timestamp() - (time.time() - 7200)) < 1
-    assert clock.offset_s == -7200
+    assert clock.offset_s == -7200 and problems[-1] is None
+    synced = Clock(synchronised=lambda: True, report=problems.append)  # NTP has the clock: it wins (§7)
+    synced.set_offset(-7200)
+    assert abs(synced.now().timestamp() - time.time()) < 1
+    assert problems[-1] is not None and "NTP-synchronised but -7200 s from the source" in problems[-1]
 
 
 def test_reference_source_cli_and_report_endpoints(tmp_path, keys) -> None:
@@ -449,7 +465,6 @@ def test_stop_during_a_stalled_download_does_not_wait_for_the_read_timeout(tmp_p
     publish(server, private_key, 1, {"m1": media_file(tmp_path, "slow.png", 50_000)})
     server.state.faults = Faults(stall_s=8, stall_times=1, apply_to="media")
     board = Board(tmp_path, server, keys, read_timeout=30)
-    board.source._rng = random.Random(0)
     board.source.start()
     wait_for(lambda: server.requests_to("/manifest"), timeout=15, what="the first poll")
     wait_for(lambda: server.state.faults.stall_times == 0, timeout=10, what="the media request to stall")

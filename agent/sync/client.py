@@ -1,31 +1,44 @@
 """The HTTP client shared by the source (polls, downloads) and the reporter (heartbeats, playlogs).
 
 One `requests.Session`, so connections stay alive between requests (on 3G a TLS handshake costs
-more than a heartbeat). Every request has connect and read timeouts; bodies are read against an
-overall deadline; the device token goes to the source's own origin only; TLS verifies with the
-configured CA file; every answer's `Date` header updates the clock offset (PROTOCOL.md §7).
+more than a heartbeat). Every request has connect and read timeouts and an overall deadline that
+holds even against a server that sends one byte at a time: when it passes, the request's socket is
+shut down from a timer, whatever phase it is in (headers or body). The device token goes to the
+source's own origin only and never appears in a message; TLS verifies with the configured CA
+file; only the source's own answers set the clock offset (PROTOCOL.md §7).
 """
 
 from __future__ import annotations
 
 import email.utils
 import gzip
+import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from agent.limits import clip
+
+log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 10.0
 BACKOFF_CAP_S = 15 * 60.0
-RETRY_AFTER_CAP_S = 24 * 3600.0
+RETRY_AFTER_CAP_S = 3600.0  # §2: honoured up to an hour, so a mistaken header cannot silence a board for days
 CHUNK = 64 * 1024
 PERMANENT_STATUSES = {400, 401, 403, 404, 410}
 GZIP_MIN_BYTES = 512  # smaller bodies gain less than gzip's own ~20 bytes of framing
+POST_ANSWER_LIMIT = 64 * 1024
 
 
 class SourceError(Exception):
@@ -58,16 +71,46 @@ class Backoff:
         self.failures = 0
 
 
+class HostBackoff:
+    """Back-off per origin: a failing CDN waits on its own, never delaying requests to other hosts (§2)."""
+
+    def __init__(self, rng: random.Random, mono: Callable[[], float] = time.monotonic) -> None:
+        self._rng = rng
+        self._mono = mono
+        self._hosts: dict[tuple[str, str | None, int | None], tuple[Backoff, float]] = {}
+
+    def wait_s(self, url: str) -> float:
+        """Seconds before `url`'s host may be asked again (0: now)."""
+        entry = self._hosts.get(origin_of(url))
+        return max(0.0, entry[1] - self._mono()) if entry else 0.0
+
+    def failed(self, url: str, retry_after: float | None) -> float:
+        key = origin_of(url)
+        backoff = self._hosts[key][0] if key in self._hosts else Backoff(self._rng)
+        delay = backoff.next_delay(retry_after)
+        self._hosts[key] = (backoff, self._mono() + delay)
+        return delay
+
+    def succeeded(self, url: str) -> None:
+        self._hosts.pop(origin_of(url), None)
+
+    def earliest_s(self) -> float | None:
+        """Seconds until the first waiting host may be asked again (None: none waits)."""
+        if not self._hosts:
+            return None
+        return max(0.0, min(until for _, until in self._hosts.values()) - self._mono())
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return float(value[:12])
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when.timestamp() - now)
 
@@ -82,20 +125,135 @@ class ClientSettings:
     read_timeout_s: float = 30.0
 
 
+@dataclass
+class Reply:
+    """A streamed answer and its deadline; use it in a `with` block (closing it frees the connection)."""
+
+    response: requests.Response
+    url: str
+    _guard: _Deadline
+
+    @property
+    def status_code(self) -> int:
+        return int(self.response.status_code)
+
+    @property
+    def headers(self) -> Any:
+        return self.response.headers
+
+    @property
+    def reason(self) -> str:
+        return clip(self.response.reason or "", 60)
+
+    def __enter__(self) -> Reply:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._guard.cancel()
+        self.response.close()
+
+
+@dataclass
+class _Deadline:
+    """Shuts the request's socket when its overall deadline passes (a drip cannot outlast it)."""
+
+    connections: dict[int, HTTPConnection]
+    thread_id: int
+    timer: threading.Timer | None = None
+    expired: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def arm(self, seconds: float) -> None:
+        self.timer = threading.Timer(max(0.05, seconds), self._expire)
+        self.timer.name = "http-deadline"
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            connection = self.connections.get(self.thread_id)
+        if connection is not None:
+            shut_down(connection)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        with self.lock:
+            self.connections.pop(self.thread_id, None)
+
+
+def shut_down(connection: HTTPConnection) -> None:
+    """Wake a thread blocked on this connection's socket: reads return at once with an error or EOF."""
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    try:
+        # The plain socket's shutdown, also for TLS: the SSL object stays intact for the reader.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _tracking_adapter(connections: dict[int, HTTPConnection]) -> HTTPAdapter:
+    """An adapter whose connections say which thread uses them, so a deadline can find the socket."""
+
+    def track(connection: HTTPConnection) -> None:
+        connections[threading.get_ident()] = connection
+
+    class TrackedHTTP(HTTPConnection):
+        def connect(self) -> None:
+            track(self)
+            super().connect()
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            track(self)
+            super().request(*args, **kwargs)
+
+    class TrackedHTTPS(HTTPSConnection):
+        def connect(self) -> None:
+            track(self)
+            super().connect()
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            track(self)
+            super().request(*args, **kwargs)
+
+    class HTTPPool(HTTPConnectionPool):
+        ConnectionCls = TrackedHTTP
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = TrackedHTTPS
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    return Adapter()
+
+
 class HttpClient:
     """Thread-safe enough for its two users: urllib3's pool hands each request its own connection."""
 
     def __init__(self, settings: ClientSettings, set_clock_offset: Callable[[float], None] = lambda offset: None) -> None:
         self.settings = settings
         self._set_clock_offset = set_clock_offset
+        self._connections: dict[int, HTTPConnection] = {}
         self._session = requests.Session()
+        adapter = _tracking_adapter(self._connections)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         # Every byte of every request is paid for: no "Accept: */*", no "Connection: keep-alive"
         # (HTTP/1.1 keeps connections open anyway), one compression the source may use for answers.
         self._session.headers.clear()
         self._session.headers.update({"User-Agent": settings.user_agent, "Accept-Encoding": "gzip"})
         # Passed on every request: a Session-level `verify` loses to REQUESTS_CA_BUNDLE in the environment.
         self._verify: str | bool = settings.ca_file or True
-        self._origin = _origin(settings.base_url)
+        self._origin = origin_of(settings.base_url)
         self._lock = threading.Lock()
         self._network_io: dict[int, int] = {}  # thread id → nesting depth of blocking network calls
 
@@ -115,44 +273,55 @@ class HttpClient:
         with self._lock:
             self._network_io[threading.get_ident()] -= 1
 
+    def redact(self, text: str) -> str:
+        """Messages never carry the token, whatever a library put into them."""
+        token = self.settings.token
+        return text.replace(token, "***") if token else text
+
     def _auth(self, url: str, headers: dict[str, str]) -> dict[str, str]:
         request_headers = dict(headers)
-        if self.settings.token and _origin(url) == self._origin:
+        if self.settings.token and origin_of(url) == self._origin:
             # The device token goes to the province's source only, never to a third-party media host.
             request_headers["Authorization"] = f"Bearer {self.settings.token}"
         return request_headers
 
-    def get(self, url: str, headers: dict[str, str], deadline_s: float) -> requests.Response:
-        """A streamed GET; the caller reads the body with `chunks` and closes the response."""
+    def get(self, url: str, headers: dict[str, str], deadline_s: float) -> Reply:
+        """A streamed GET; read the body with `chunks` inside `with reply:`; the deadline covers it all."""
         return self._send("GET", url, self._auth(url, headers), None, deadline_s)
 
     def post(self, url: str, body: bytes, content_type: str, deadline_s: float,
-             headers: dict[str, str] | None = None) -> requests.Response:
+             headers: dict[str, str] | None = None) -> Reply:
         """A POST whose body is gzipped when that saves bytes (the source accepts Content-Encoding: gzip)."""
         request_headers = self._auth(url, {"Content-Type": content_type, **(headers or {})})
         if len(body) >= GZIP_MIN_BYTES and content_type != "image/png":  # PNG is compressed already
             body = gzip.compress(body, mtime=0)
             request_headers["Content-Encoding"] = "gzip"
-        response = self._send("POST", url, request_headers, body, deadline_s)
-        with response:
-            self._read_limited(response, 64 * 1024, time.monotonic() + deadline_s)  # drain: keep the connection
-        return response
+        deadline = time.monotonic() + deadline_s
+        with self._send("POST", url, request_headers, body, deadline_s) as reply:
+            self.read_limited(reply, POST_ANSWER_LIMIT, deadline)  # drain: keep the connection
+        return reply
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-              deadline_s: float) -> requests.Response:
+              deadline_s: float) -> Reply:
+        guard = _Deadline(self._connections, threading.get_ident())
+        guard.arm(deadline_s)
         self._enter_io()
         try:
             response = self._session.request(
                 method, url, headers=headers, data=body, stream=True, verify=self._verify,
                 timeout=(self.settings.connect_timeout_s, min(self.settings.read_timeout_s, max(1.0, deadline_s))))
         except requests.exceptions.SSLError as exc:
-            raise SourceError(f"TLS verification failed for {url}: {exc}") from None
-        except requests.RequestException as exc:
-            raise SourceError(f"cannot reach {url}: {_short(exc)}") from None
+            guard.cancel()
+            raise SourceError(f"TLS verification failed for {url}: {self.redact(_short(exc))}") from None
+        except (requests.RequestException, ValueError) as exc:  # ValueError: a header value requests refuses
+            guard.cancel()
+            why = "deadline passed" if guard.expired else self.redact(_short(exc))
+            raise SourceError(f"cannot reach {clip(url, 120)}: {why}") from None
         finally:
             self._leave_io()
-        self._note_clock(response)
-        return response
+        if origin_of(url) == self._origin:
+            self._note_clock(response)  # §7: a media host or CDN never sets the clock
+        return Reply(response, url, guard)
 
     def _note_clock(self, response: requests.Response) -> None:
         date = response.headers.get("Date")
@@ -160,15 +329,15 @@ class HttpClient:
             return
         try:
             source_time = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return
         self._set_clock_offset(source_time - time.time())
 
-    def chunks(self, response: requests.Response, deadline: float, stop: threading.Event | None = None) -> Iterator[bytes]:
+    def chunks(self, reply: Reply, deadline: float, stop: threading.Event | None = None) -> Iterator[bytes]:
         """The body as it arrives. A dropped link ends the iteration early instead of raising, so
         every byte already received is kept (requests' iter_content would drop its buffer); the
         caller compares what it got with the declared size."""
-        raw = response.raw
+        raw = reply.response.raw
         raw.enforce_content_length = False
         try:
             while True:
@@ -177,38 +346,43 @@ class HttpClient:
                     chunk = raw.read(CHUNK, decode_content=True)
                 finally:
                     self._leave_io()
+                if chunk:
+                    yield chunk
+                if reply._guard.expired or time.monotonic() > deadline:
+                    raise SourceError("transfer too slow: cut at its deadline; will resume")
                 if not chunk:
                     break
-                yield chunk
-                if time.monotonic() > deadline:
-                    raise SourceError("transfer too slow: cut at its deadline; will resume")
                 if stop is not None and stop.is_set():
                     raise SourceError("stopping")
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SourceError(f"transfer interrupted: {_short(exc)}") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if reply._guard.expired:
+                raise SourceError("transfer too slow: cut at its deadline; will resume") from None
+            raise SourceError(f"transfer interrupted: {self.redact(_short(exc))}") from None
 
-    def _read_limited(self, response: requests.Response, limit: int, deadline: float) -> bytes:
+    def read_limited(self, reply: Reply, limit: int, deadline: float) -> bytes:
         body = bytearray()
-        for chunk in self.chunks(response, deadline):
+        for chunk in self.chunks(reply, deadline):
             body.extend(chunk)
             if len(body) > limit:
                 raise SourceError(f"answer larger than {limit} bytes")
         return bytes(body)
 
-    def read_limited(self, response: requests.Response, limit: int, deadline: float) -> bytes:
-        return self._read_limited(response, limit, deadline)
-
     @staticmethod
-    def http_error(response: requests.Response, what: str) -> SourceError:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time()) \
-            if response.status_code in (429, 503) else None
-        return SourceError(f"{what}: HTTP {response.status_code} {response.reason}",
-                           retry_after=retry_after, permanent=response.status_code in PERMANENT_STATUSES)
+    def http_error(reply: Reply, what: str) -> SourceError:
+        retry_after = parse_retry_after(reply.headers.get("Retry-After"), time.time()) \
+            if reply.status_code in (429, 503) else None
+        prefix = f"{what}: " if what else ""
+        return SourceError(f"{prefix}HTTP {reply.status_code} {reply.reason}",
+                           retry_after=retry_after, permanent=reply.status_code in PERMANENT_STATUSES)
 
 
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+def origin_of(url: str) -> tuple[str, str | None, int | None]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ("", None, None)
+    return parts.scheme, parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 def _short(exc: Exception) -> str:
@@ -218,4 +392,4 @@ def _short(exc: Exception) -> str:
                    "Network is unreachable", "No route to host"):
         if marker in text:
             return marker.lower()
-    return text if len(text) < 160 else text[:157] + "..."
+    return clip(text, 160)

@@ -3,11 +3,19 @@
 For communes with no link: a technician copies a folder over SSH or from a USB stick. The folder
 is watched (watchdog/inotify) and re-read within 2 s of a change; a stat check every few seconds
 is the safety net for what inotify misses (a remounted stick, a folder that appears later).
+
+Only regular files are read, never through a link (O_NOFOLLOW) and never a FIFO or device (opened
+non-blocking, then checked), and never more than the manifest limit or a media's declared size:
+a stick with `manifest.json` → /dev/zero cannot block the board or fill its memory. The cache
+quota (`storage.cache_max_mb`) holds here as for HTTP.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +25,8 @@ from urllib.parse import unquote, urlsplit
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from agent.models import Manifest, Media
+from agent.limits import MAX_MANIFEST_BYTES
+from agent.models import Manifest, ManifestRejected, Media, MediaRejected
 from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,8 @@ class MediaSink(Protocol):
 
     def verified(self) -> frozenset[str]: ...
     def import_stream(self, source: BinaryIO, sha256: str, size: int, label: str) -> None: ...
+    def make_room(self, needed: int, limit: int, keep: set[str]) -> bool: ...
+    def flush_shown(self) -> None: ...
 
 
 class ProblemSink(Protocol):
@@ -58,20 +69,56 @@ class _Wake(FileSystemEventHandler):
 
 
 def resolve_local_media(folder: Path, media: Media) -> Path:
-    """The file a media url names inside the folder; ValueError if it would leave the folder."""
+    """The file a media url names inside the folder; MediaRejected if it would leave the folder.
+
+    The folders on the way are resolved (a sub-folder link inside the folder is fine); the file
+    itself is opened with O_NOFOLLOW later, so it cannot be a link at all.
+    """
     parts = urlsplit(media.url)
     if parts.scheme or parts.netloc:
-        raise ValueError(f"media {media.id}: {media.url!r} is not a path inside the folder (a file:// source has no network)")
+        raise MediaRejected(f"media {media.id}: {media.url!r} is not a path inside the folder "
+                            "(a file:// source has no network)")
     relative = unquote(parts.path).lstrip("/")
-    candidate = (folder / relative).resolve()
+    candidate = folder / relative
     root = folder.resolve()
-    if candidate != root and root not in candidate.parents:
-        raise ValueError(f"media {media.id}: {media.url!r} leads outside {root}")
-    return candidate
+    parent = candidate.parent.resolve()
+    if parent != root and root not in parent.parents:
+        raise MediaRejected(f"media {media.id}: {media.url!r} leads outside {root}")
+    return parent / candidate.name
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """A regular file for reading: never through a link, never blocking on a FIFO or device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a link; only regular files are read from the folder") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "it is not a regular file (a FIFO, device or folder)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_capped(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file; OSError when it is longer (or not a regular file)."""
+    with open_regular_file(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{path} is larger than the limit of {limit} bytes")
+    return data
 
 
 class FileSource:
     """Owns one thread ("file-source") that re-reads the folder when told or when it changes."""
+
+    name = "file-source"
 
     def __init__(
         self,
@@ -81,6 +128,10 @@ class FileSource:
         problems: ProblemSink,
         stop: threading.Event,
         on_change: Callable[[], None],
+        *,
+        cache_limit_bytes: int,
+        on_screen: Callable[[], set[str]] = set,
+        prepare: Callable[[], bool] = lambda: False,
     ) -> None:
         self.folder = folder
         self._content = content
@@ -88,6 +139,9 @@ class FileSource:
         self._problems = problems
         self._stop = stop
         self._on_change = on_change
+        self._cache_limit_bytes = cache_limit_bytes
+        self._on_screen = on_screen
+        self._prepare = prepare
         self._wake = threading.Event()
         self._observer: Any = None
         self._thread: threading.Thread | None = None
@@ -97,8 +151,11 @@ class FileSource:
         self.last_sync_ok_at: float | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="file-source", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        self._wake.set()
 
     def request_sync(self) -> None:
         """Re-read now (the `sync` command), even if nothing seems to have changed."""
@@ -111,8 +168,10 @@ class FileSource:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def status(self) -> dict[str, object]:
+    def health(self) -> dict[str, object]:
         return {"folder": str(self.folder)}
+
+    status = health
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -123,6 +182,10 @@ class FileSource:
         self._observer = start_watching(self.folder, _Wake(self._wake), "file-source-watch", recursive=True)
 
     def _run(self) -> None:
+        try:
+            self._prepare()
+        except Exception:  # the cache could not be restored: start from nothing, keep the thread
+            log.exception("restoring content failed")
         while not self._stop.is_set():
             self._ensure_watch()
             try:
@@ -142,29 +205,31 @@ class FileSource:
         """Read the folder if its manifest changed; fetch media still missing."""
         manifest_path = self.folder / MANIFEST_NAME
         try:
-            stat = manifest_path.stat()
+            found = manifest_path.lstat()
         except FileNotFoundError:
             self._problems.report("source", f"source folder has no {MANIFEST_NAME}: {manifest_path}")
             return
         except OSError as exc:
             self._problems.report("source", f"cannot read {manifest_path}: {exc.strerror}")
             return
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        signature = (found.st_ino, found.st_mtime_ns, found.st_size)
         if signature != self._seen_signature:
             self._read_manifest(manifest_path, signature)
         if self._current is not None:
             self._import_missing(self._current)
+        self._store.flush_shown()
 
     def _read_manifest(self, manifest_path: Path, signature: tuple[int, int, int]) -> None:
         try:
-            raw = manifest_path.read_bytes()
+            raw = read_capped(manifest_path, MAX_MANIFEST_BYTES)
         except OSError as exc:
-            self._problems.report("source", f"cannot read {manifest_path}: {exc.strerror}")
+            self._problems.report("source", f"cannot read {manifest_path}: {exc.strerror or exc}")
+            self._seen_signature = signature  # read again when it changes, not every few seconds
             return
         self._problems.resolve("source")
         try:
             manifest = self._content.offer(raw, str(manifest_path))
-        except ValueError:
+        except ManifestRejected:
             self._seen_signature = signature  # reported by the content; re-read when the file changes
             return
         self.last_sync_ok_at = time.time()
@@ -198,13 +263,19 @@ class FileSource:
                 file_signature = _signature(path)
                 if self._failed_files.get(media.sha256) == file_signature:
                     continue  # the same wrong file again: copying and hashing it would only wear the card
-                with path.open("rb") as handle:
+                self._make_room(manifest, media)
+                with open_regular_file(path) as handle:
                     self._store.import_stream(handle, media.sha256, media.size, f"media {media.id} ({media.url})")
             except FileNotFoundError:
                 self._problems.report(f"media:{media.id}", f"media {media.id}: {media.url} not found in {self.folder}")
                 continue
-            except (OSError, ValueError) as exc:  # the store's MediaError is a ValueError
+            except MediaRejected as exc:
                 self._problems.report(f"media:{media.id}", str(exc))
+                self._failed_files[media.sha256] = _signature_or_none(media, self.folder)
+                continue
+            except OSError as exc:
+                self._problems.report(f"media:{media.id}", f"media {media.id}: cannot read {media.url}: "
+                                                           f"{exc.strerror or exc}")
                 self._failed_files[media.sha256] = _signature_or_none(media, self.folder)
                 continue
             self._problems.resolve(f"media:{media.id}")
@@ -214,14 +285,28 @@ class FileSource:
             self._on_change()
 
 
+    def _make_room(self, manifest: Manifest, media: Media) -> None:
+        """As for HTTP: evict media neither manifest needs, then the old manifest's (never the one on screen)."""
+        limit = self._cache_limit_bytes
+        needed = {m.sha256 for m in manifest.media}
+        current = self._content.current()
+        old = {m.sha256 for m in current.media} if current is not None else set()
+        if self._store.make_room(media.size, limit, needed | old):
+            return
+        if self._store.make_room(media.size, limit, needed | self._on_screen()):
+            return
+        raise MediaRejected(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
+                            f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs")
+
+
 def _signature(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    found = path.lstat()
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 def _signature_or_none(media: Media, folder: Path) -> tuple[int, int, int] | None:
     """The failed file's stat, so it is retried only once it changes; None (retry) if unknowable."""
     try:
         return _signature(resolve_local_media(folder, media))
-    except (OSError, ValueError):
+    except (OSError, MediaRejected):
         return None

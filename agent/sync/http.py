@@ -2,10 +2,15 @@
 
 Built for metered 3G SIMs that drop: every request has connect/read timeouts and an overall
 deadline; polls send `If-None-Match` (the ETag survives restarts); media resume with `Range` +
-`If-Range` from the partial file; errors back off exponentially with jitter (cap 15 min) and honour
-`Retry-After`. A new manifest becomes current once its media are in (or failed for good), so the
-old content plays on meanwhile; on a first boot with nothing to play it becomes current at once and
-items appear as their media are verified. Every answer's `Date` sets the clock offset.
+`If-Range` from the partial file. Back-off is per host: manifest failures back off the polls
+(exponential with jitter, cap 15 min, `Retry-After` up to an hour); a failing media host or CDN
+backs off only its own downloads. Media that failed for good (404, wrong bytes) are retried with
+their own back-off (1 min doubling to 1 h), without waiting for a manifest change.
+
+A new manifest becomes current once its media are in (or failed for good), so the old content
+plays on meanwhile; on a first boot with nothing to play it becomes current at once and items
+appear as their media are verified. When the new media do not fit beside the old ones, old media
+the new manifest does not need are evicted (never the one on screen).
 """
 
 from __future__ import annotations
@@ -14,19 +19,21 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin
 
-from agent.models import Manifest, Media
-from agent.sync.client import Backoff, ClientSettings, HttpClient, SourceError
+from agent.limits import MAX_MANIFEST_BYTES
+from agent.models import Manifest, ManifestRejected, Media, MediaRejected
+from agent.sync.client import Backoff, ClientSettings, HostBackoff, HttpClient, SourceError
 
 log = logging.getLogger(__name__)
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MIN_MEDIA_RATE = 4 * 1024  # bytes/s a download must average before its overall deadline cuts it
-RETRY_FAILED_MEDIA_S = 3600.0  # a media that failed for good is tried again this much later (or with a new manifest)
+MEDIA_RETRY_BASE_S = 60.0
+MEDIA_RETRY_CAP_S = 3600.0
 
 
 class ManifestSink(Protocol):
@@ -42,12 +49,13 @@ class ManifestSink(Protocol):
 class MediaSink(Protocol):
     def verified(self) -> frozenset[str]: ...
     def partial_size(self, sha256: str) -> int: ...
-    def partial_path(self, sha256: str) -> Any: ...
+    def open_partial(self, sha256: str, *, append: bool) -> AbstractContextManager[BinaryIO]: ...
     def partial_validator(self, sha256: str) -> str | None: ...
     def set_partial_validator(self, sha256: str, validator: str | None) -> None: ...
     def discard_partial(self, sha256: str) -> None: ...
     def finish_partial(self, sha256: str, size: int, label: str) -> None: ...
     def make_room(self, needed: int, limit: int, keep: set[str]) -> bool: ...
+    def flush_shown(self) -> None: ...
 
 
 class ProblemSink(Protocol):
@@ -77,8 +85,27 @@ class HttpSettings:
         return f"{self.base_url.rstrip('/')}/devices/{self.device_id}/manifest"
 
 
+@dataclass(frozen=True)
+class SyncOutcome:
+    """One round: which media are still to come, and when the next media attempt is due."""
+
+    waiting_media: tuple[str, ...] = ()  # media ids not yet in because of a transient failure
+    retry_media_in_s: float | None = None
+
+
+class MediaFailure(Exception):
+    """One media could not be fetched; str() is the whole message (it names the media)."""
+
+    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
 class HttpSource:
     """Owns the "http-source" thread: poll, download, switch; sleeps between with jitter."""
+
+    name = "http-source"
 
     def __init__(
         self,
@@ -88,10 +115,13 @@ class HttpSource:
         problems: ProblemSink,
         stop: threading.Event,
         on_change: Callable[[], None],
-        set_clock_offset: Callable[[float], None],
         media_order: Callable[[Manifest], Sequence[Media]],
-        rng: random.Random | None = None,
-        client: HttpClient | None = None,
+        client: HttpClient,
+        *,
+        rng: random.Random,
+        on_screen: Callable[[], set[str]] = set,
+        prepare: Callable[[], bool] = lambda: False,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._content = content
@@ -99,35 +129,38 @@ class HttpSource:
         self._problems = problems
         self._stop = stop
         self._on_change = on_change
-        self._set_clock_offset = set_clock_offset
         self._media_order = media_order
-        self._rng = rng or random.Random()
-        self._backoff = Backoff(self._rng)
+        self._on_screen = on_screen  # sha256 of media being shown: never evicted
+        self._prepare = prepare  # run first on the thread (restoring content); True = poll at once
+        self._rng = rng
+        self._mono = mono
+        self._poll_backoff = Backoff(rng)
+        self._hosts = HostBackoff(rng, mono)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._owns_client = client is None
-        self._client = client or HttpClient(settings.client_settings(), set_clock_offset)
+        self._client = client
         self._pending: tuple[Manifest, bytes, str | None] | None = None
-        # sha256 → monotonic time to try again: a 404 or wrong bytes are not fetched again every poll.
-        self._failed_for_good: dict[str, float] = {}
+        # sha256 → (back-off, monotonic time to try again): a 404 or wrong bytes are not fetched every poll.
+        self._failed: dict[str, tuple[Backoff, float]] = {}
         self._progress: dict[str, Any] | None = None
         self.last_sync_ok_at: float | None = None
 
     # --- thread ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="http-source", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def request_sync(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
         self._wake.set()
 
     def join(self, timeout: float) -> None:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if not self.is_alive() and self._owns_client:
-            self._client.close()
 
     def blocked_in_network_io(self) -> bool:
         """True while the thread waits on a socket (a stalled 3G link can hold it up to the read
@@ -138,76 +171,85 @@ class HttpSource:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def status(self) -> dict[str, Any]:
+    def health(self) -> dict[str, Any]:
         pending = self._pending
         return {
             "pending_manifest_serial": pending[0].serial if pending else None,
             "download": dict(self._progress) if self._progress else None,
-            "failures_in_a_row": self._backoff.failures,
+            "failures_in_a_row": self._poll_backoff.failures,
         }
 
+    status = health
+
     def _run(self) -> None:
+        try:
+            poll_now = self._prepare()
+        except Exception:  # the cache could not be restored: start from nothing, keep the thread
+            log.exception("restoring content failed")
+            poll_now = True
         # A random first delay spreads a district's boards after a power cut comes back.
-        first = self._rng.uniform(0, min(10.0, self.settings.poll_interval_s / 10))
+        first = 0.0 if poll_now else self._rng.uniform(0, min(10.0, self.settings.poll_interval_s / 10))
         self._wake.wait(first)
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self.sync_once()
-                self._backoff.reset()
+                outcome = self.sync_once()
+                self._poll_backoff.reset()
                 self._problems.resolve("source")
                 interval = self.settings.poll_interval_s
                 delay = self._rng.uniform(interval * 0.9, interval * 1.1)
+                if outcome.retry_media_in_s is not None:
+                    delay = min(delay, max(1.0, outcome.retry_media_in_s))
             except SourceError as exc:
-                delay = self._backoff.next_delay(exc.retry_after)
+                delay = self._poll_backoff.next_delay(exc.retry_after)
                 self._problems.report("source", f"source {self.settings.base_url}: {exc}")
-                log.info("next try in %.0f s (failure %d in a row)", delay, self._backoff.failures)
+                log.info("next poll in %.0f s (failure %d in a row)", delay, self._poll_backoff.failures)
             except Exception:  # a bug must not end the thread: the board keeps trying
                 log.exception("http source failed")
-                delay = self._backoff.next_delay()
+                delay = self._poll_backoff.next_delay()
             self._wake.wait(delay)
 
     # --- one round -------------------------------------------------------------------------------
 
-    def sync_once(self) -> None:
-        """Poll the manifest, fetch what is missing, switch when ready. Raises SourceError."""
+    def sync_once(self) -> SyncOutcome:
+        """Poll the manifest, fetch what is missing, switch when ready. Raises SourceError for the poll."""
         self._poll_manifest()
         target = self._pending[0] if self._pending else self._content.current()
         if target is None:
-            return
-        transient = self._fetch_media(target)
-        if self._pending is not None:
+            return SyncOutcome()
+        outcome = self._fetch_media(target)
+        if self._pending is not None and not outcome.waiting_media:
+            # Everything is in, or failed for good (reported): switch.
             manifest, raw, etag = self._pending
-            if transient is None:  # everything is in, or failed for good (reported): switch
-                self._content.commit(manifest, raw, etag)
-                self._pending = None
-                self._on_change()
-        if transient is not None:
-            raise transient
+            self._content.commit(manifest, raw, etag)
+            self._pending = None
+            self._on_change()
+        self._store.flush_shown()
+        return outcome
 
     def _poll_manifest(self) -> None:
         pending_etag = self._pending[2] if self._pending else None
         etag = pending_etag or self._content.etag
         headers = {"If-None-Match": etag} if etag else {}
-        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as response:
-            if response.status_code == 304:
+        deadline = time.monotonic() + self.settings.manifest_deadline_s
+        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as reply:
+            if reply.status_code == 304:
                 self.last_sync_ok_at = time.time()
                 return
-            if response.status_code != 200:
-                raise self._client.http_error(response, "manifest")
-            raw = self._client.read_limited(response, MAX_MANIFEST_BYTES,
-                                            time.monotonic() + self.settings.manifest_deadline_s)
-            new_etag = response.headers.get("ETag")
+            if reply.status_code != 200:
+                raise self._client.http_error(reply, "manifest")
+            raw = self._client.read_limited(reply, MAX_MANIFEST_BYTES, deadline)
+            new_etag = reply.headers.get("ETag")
         self.last_sync_ok_at = time.time()
         try:
             manifest = self._content.offer(raw, self.settings.manifest_url)
-        except ValueError:
+        except ManifestRejected:
             return  # reported by the content; the current manifest plays on; retried at the next poll
         if manifest is None:
             self._pending = None
             self._content.remember_etag(new_etag)
             return
-        self._failed_for_good.clear()
+        self._failed.clear()
         if self._content.current() is None:
             # Nothing to keep playing: current at once; items become playable as their media arrive.
             self._content.commit(manifest, raw, new_etag)
@@ -219,39 +261,66 @@ class HttpSource:
 
     # --- media -----------------------------------------------------------------------------------
 
-    def _fetch_media(self, manifest: Manifest) -> SourceError | None:
-        """Download missing media one at a time in order of need; the first transient error stops the round."""
-        keep = {m.sha256 for m in manifest.media}
-        current = self._content.current()
-        if current is not None:
-            keep |= {m.sha256 for m in current.media}
+    def _fetch_media(self, manifest: Manifest) -> SyncOutcome:
+        """Download missing media one at a time in order of need; a failing host waits on its own."""
+        waiting: list[str] = []
+        now = self._mono()
         for media in self._media_order(manifest):
             if self._stop.is_set():
-                return SourceError("stopping")
+                waiting.append(media.id)
+                break
             if media.sha256 in self._store.verified():
                 self._problems.resolve(f"media:{media.id}")
                 continue
-            if self._failed_for_good.get(media.sha256, 0.0) > time.monotonic():
-                continue
-            if not self._store.make_room(media.size, self.settings.cache_limit_bytes, keep):
-                self._problems.report("cache", f"storage.cache_max_mb is too small for media {media.id} ({media.size} bytes)")
-                self._failed_for_good[media.sha256] = time.monotonic() + RETRY_FAILED_MEDIA_S
+            failed = self._failed.get(media.sha256)
+            if failed is not None and failed[1] > now:
+                continue  # failed for good, its retry is not due yet
+            url = urljoin(self.settings.manifest_url, media.url)
+            if self._hosts.wait_s(url) > 0:
+                waiting.append(media.id)
                 continue
             try:
-                self._download(media, urljoin(self.settings.manifest_url, media.url))
-            except SourceError as exc:
-                self._problems.report(f"media:{media.id}", f"media {media.id}: {exc}")
+                self._make_room(manifest, media)
+                self._download(media, url)
+            except MediaFailure as exc:
+                self._problems.report(f"media:{media.id}", str(exc))
                 if exc.permanent:
-                    self._failed_for_good[media.sha256] = time.monotonic() + RETRY_FAILED_MEDIA_S
+                    self._failed_for_good(media)
                     continue
-                return exc
+                self._hosts.failed(url, exc.retry_after)
+                waiting.append(media.id)
+                continue
+            self._hosts.succeeded(url)
+            self._failed.pop(media.sha256, None)
             self._problems.resolve(f"media:{media.id}")
             self._content.media_changed()
             self._on_change()
-        return None
+        retries = [until - self._mono() for _, until in self._failed.values()]
+        host_wait = self._hosts.earliest_s()
+        candidates = [t for t in (*retries, host_wait) if t is not None]
+        return SyncOutcome(tuple(waiting), max(0.0, min(candidates)) if candidates else None)
+
+    def _failed_for_good(self, media: Media) -> None:
+        backoff = self._failed[media.sha256][0] if media.sha256 in self._failed else \
+            Backoff(self._rng, MEDIA_RETRY_BASE_S, MEDIA_RETRY_CAP_S)
+        self._failed[media.sha256] = (backoff, self._mono() + backoff.next_delay())
+
+    def _make_room(self, manifest: Manifest, media: Media) -> None:
+        """Room for `media`: first from media neither manifest needs, then from the old manifest's,
+        never the one on screen (a turnover to a manifest that fills the cache on its own)."""
+        limit = self.settings.cache_limit_bytes
+        needed = {m.sha256 for m in manifest.media}
+        current = self._content.current()
+        old = {m.sha256 for m in current.media} if current is not None else set()
+        if self._store.make_room(media.size, limit, needed | old):
+            return
+        if self._store.make_room(media.size, limit, needed | self._on_screen()):
+            return
+        raise MediaFailure(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
+                           f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs", permanent=True)
 
     def _download(self, media: Media, url: str) -> None:
-        store, sha = self._store, media.sha256
+        store, sha, label = self._store, media.sha256, f"media {media.id}"
         have = store.partial_size(sha)
         validator = store.partial_validator(sha)
         if have > media.size or (have and not validator):
@@ -261,50 +330,59 @@ class HttpSource:
             self._finish(media)
             return
         headers = {"Range": f"bytes={have}-", "If-Range": validator} if have and validator else {}
-        deadline = time.monotonic() + max(120.0, (media.size - have) / MIN_MEDIA_RATE)
-        label = f"media {media.id}"
+        deadline_s = max(120.0, (media.size - have) / MIN_MEDIA_RATE)
+        deadline = time.monotonic() + deadline_s
         log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
-        with self._client.get(url, headers, deadline - time.monotonic()) as response:
-            if response.status_code == 416:
-                store.discard_partial(sha)  # the server says our offset is past its file: start over
-                raise SourceError("416 Range Not Satisfiable: restarting the download")
-            if response.status_code == 206:
-                if not _content_range_starts_at(response.headers.get("Content-Range"), have):
-                    store.discard_partial(sha)
-                    raise SourceError(f"206 for the wrong range ({response.headers.get('Content-Range')})")
-                mode = "ab"
-            elif response.status_code == 200:
-                have, mode = 0, "wb"  # the file changed (If-Range failed) or ranges are not supported
-            else:
-                raise self._client.http_error(response, label)
-            store.set_partial_validator(sha, response.headers.get("ETag"))
-            started, started_at = have, time.monotonic()
-            with open(store.partial_path(sha), mode) as out:
-                for chunk in self._client.chunks(response, deadline, self._stop):
-                    have += len(chunk)
-                    if have > media.size:
-                        out.close()
+        try:
+            with self._client.get(url, headers, deadline_s) as reply:
+                if reply.status_code == 416:
+                    store.discard_partial(sha)  # the server says our offset is past its file: start over
+                    raise SourceError("416 Range Not Satisfiable: restarting the download")
+                if reply.status_code == 206:
+                    if not _content_range_starts_at(reply.headers.get("Content-Range"), have):
                         store.discard_partial(sha)
-                        raise SourceError(f"the server sent more than the declared {media.size} bytes", permanent=True)
-                    out.write(chunk)
-                    rate = (have - started) / max(1e-3, time.monotonic() - started_at)
-                    self._progress = {"media": media.id, "bytes_done": have, "bytes_total": media.size,
-                                      "eta_s": round((media.size - have) / rate) if rate > 0 else None}
-        self._progress = None
+                        raise SourceError(f"206 for the wrong range ({reply.headers.get('Content-Range')})")
+                    append = True
+                elif reply.status_code == 200:
+                    have, append = 0, False  # the file changed (If-Range failed) or ranges are not supported
+                else:
+                    raise self._client.http_error(reply, "")
+                store.set_partial_validator(sha, reply.headers.get("ETag"))
+                have = self._receive(media, self._client.chunks(reply, deadline, self._stop), have, append)
+        except SourceError as exc:
+            raise MediaFailure(f"{label}: {exc}", permanent=exc.permanent, retry_after=exc.retry_after) from None
+        except OSError as exc:
+            raise MediaFailure(f"{label}: cannot write the partial file: {exc.strerror or exc}", permanent=False) from None
+        finally:
+            self._progress = None
         if have < media.size:
-            raise SourceError(f"transfer ended at {have} of {media.size} bytes; will resume")
+            raise MediaFailure(f"{label}: transfer ended at {have} of {media.size} bytes; will resume", permanent=False)
         self._finish(media)
+
+    def _receive(self, media: Media, chunks: Iterator[bytes], have: int, append: bool) -> int:
+        started, started_at = have, time.monotonic()
+        with self._store.open_partial(media.sha256, append=append) as out:
+            for chunk in chunks:
+                have += len(chunk)
+                if have > media.size:
+                    out.close()
+                    self._store.discard_partial(media.sha256)
+                    raise SourceError(f"the server sent more than the declared {media.size} bytes", permanent=True)
+                out.write(chunk)
+                rate = (have - started) / max(1e-3, time.monotonic() - started_at)
+                self._progress = {"media": media.id, "bytes_done": have, "bytes_total": media.size,
+                                  "eta_s": round((media.size - have) / rate) if rate > 0 else None}
+        return have
 
     def _finish(self, media: Media) -> None:
         try:
             self._store.finish_partial(media.sha256, media.size, f"media {media.id}")
-        except ValueError as exc:  # MediaError: wrong bytes are thrown away, never shown
-            raise SourceError(str(exc), permanent=True) from None
+        except MediaRejected as exc:  # wrong bytes are thrown away, never shown
+            raise MediaFailure(str(exc), permanent=True) from None
+        except OSError as exc:
+            raise MediaFailure(f"media {media.id}: cannot store it: {exc.strerror or exc}", permanent=False) from None
         log.info("media %s verified (%d bytes)", media.id, media.size)
 
-    # --- HTTP plumbing ---------------------------------------------------------------------------
 
 def _content_range_starts_at(value: str | None, start: int) -> bool:
     return bool(value) and value.replace("bytes ", "").split("-", 1)[0].strip() == str(start)  # type: ignore[union-attr]
-
-
