@@ -109,6 +109,39 @@ def run_clip(work: Path, clip: Path, env: dict[str, str], seconds: float) -> dic
             "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / elapsed, 1)}
 
 
+def rss_over_plays(work: Path, plays: int = 300) -> dict[str, float]:
+    """Resident memory of this process across hundreds of short plays through the PyAV backend:
+    a leak per play would show as growth (a board plays a clip thousands of times a week)."""
+    from agent.display.pyav import PyAVBackend
+
+    clip = encode(work / "short.mp4", (320, 180), fps=20, seconds=1)
+    backend = PyAVBackend()
+
+    def rss_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def play() -> None:
+        playback = backend.open(str(clip), (320, 180), None, lambda: None)
+        fake_now = 0.0
+        while not playback.finished() and not playback.error():
+            fake_now += 1.0  # a second per call: every frame is due, so the clip drains as fast as it decodes
+            if playback.frame(fake_now) is None:
+                time.sleep(0.001)
+        playback.close()
+
+    for _ in range(30):
+        play()
+    baseline = rss_mb()
+    for _ in range(plays):
+        play()
+    backend.close()
+    return {"plays": plays, "rss_before_mb": round(baseline, 1), "rss_after_mb": round(rss_mb(), 1),
+            "growth_mb": round(rss_mb() - baseline, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="video playback benchmark")
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -116,6 +149,7 @@ def main() -> None:
     results: dict[str, Any] = {"seconds": args.seconds, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        results["memory_over_plays"] = rss_over_plays(work)
         clips = {"720p30": encode(work / "720p30.mp4", (1280, 720)), "1080p30": encode(work / "1080p30.mp4", (1920, 1080))}
         drivers: list[tuple[str, dict[str, str], subprocess.Popen[bytes] | None]] = []
         base = dict(os.environ, SDL_AUDIODRIVER="dummy", PYGAME_HIDE_SUPPORT_PROMPT="1")

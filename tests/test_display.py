@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import unicodedata
 from collections.abc import Iterator
@@ -14,11 +13,12 @@ import pygame
 import pytest
 
 from agent.cache.store import MediaStore
-from agent.display.renderer import DisplaySettings, Renderer, rotate_rect
+from agent.display.pyav import PyAVBackend
+from agent.display.renderer import DisplaySettings, Frame, Renderer, rotate_rect
 from agent.display.text import FontBook, fit_block, wrap
 from agent.manifest import accept_manifest
 from agent.models import Alert, Manifest, Scene
-from tests.conftest import base_manifest, media_entry, near, write_png
+from tests.conftest import base_manifest, media_entry, near, wait_for, write_png
 
 BLUE, WHITE, YELLOW = (0x0B, 0x3D, 0x91), (0xFF, 0xFF, 0xFF), (0xFF, 0xD2, 0x00)
 T0 = dt.datetime(2026, 11, 26, 2, 0, 0, 500000, tzinfo=dt.UTC)
@@ -95,8 +95,20 @@ class Board:
         self.tmp_path = tmp_path
         self.store = MediaStore(tmp_path / "store")
         self.store.open()
-        self.renderer = Renderer(DisplaySettings(width, height, False, 30, 0, "BẢNG TIN", "b1"), self.store)
+        self.renderer = Renderer(DisplaySettings(width, height, False, 30, 0, "BẢNG TIN", "b1"), self.store,
+                                 PyAVBackend())
         self.renderer.open()
+
+    def render(self, scene: Scene, now: dt.datetime, mono: float) -> Frame:
+        """Render until the scene's picture is ready (decoding happens on a worker; the loop is woken)."""
+        frames: list[Frame] = []
+
+        def drawn() -> bool:
+            frames.append(self.renderer.render(scene, now, mono))
+            return not frames[-1].waiting
+
+        wait_for(drawn, timeout=10, interval=0.01, what="the scene to be drawn")
+        return frames[-1]
 
     def add_png(self, name: str, size: tuple[int, int], colour: tuple[int, int, int]) -> dict[str, Any]:
         path = write_png(self.tmp_path / name, size, colour)
@@ -105,7 +117,7 @@ class Board:
         return entry
 
     def shot(self) -> pygame.Surface:
-        return pygame.image.load(io.BytesIO(self.renderer.screenshot_png()), "s.png")
+        return self.renderer.screenshot()
 
     def close(self) -> None:
         self.renderer.close()
@@ -124,7 +136,7 @@ def board(tmp_path: Path) -> Iterator[Board]:
 def test_image_is_scaled_to_fit_with_letterbox(board: Board) -> None:
     red = board.add_png("m1.png", (400, 100), (220, 20, 20))  # wider than the zone's aspect
     m = parse(media=[red], items=[{"id": "i1", "type": "image", "media": "m1", "duration_s": 5}])
-    frame = board.renderer.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
+    frame = board.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
     assert frame.failed_showing is None
     shot = board.shot()
     header_h = max(48, round(180 * 0.11))
@@ -136,7 +148,7 @@ def test_image_is_scaled_to_fit_with_letterbox(board: Board) -> None:
 
 def test_text_item_draws_title_in_accent_and_body(board: Board) -> None:
     m = parse(items=[{"id": "t", "type": "text", "title": "THÔNG BÁO", "body": "Người dân chú ý.", "duration_s": 5}])
-    board.renderer.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
+    board.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
     shot = board.shot()
     main = [shot.get_at((x, y)) for x in range(0, 320, 2) for y in range(60, 170, 2)]
     assert sum(near(p, YELLOW, 40) for p in main) > 20  # title strokes
@@ -144,13 +156,13 @@ def test_text_item_draws_title_in_accent_and_body(board: Board) -> None:
 
 
 def test_splash_is_never_black_and_its_clock_ticks(board: Board) -> None:
-    board.renderer.render(Scene("splash", None), T0, 0.0)
+    board.render(Scene("splash", None), T0, 0.0)
     first = board.shot()
     assert near(first.get_at((5, 100)), BLUE)
     frames = board.renderer.frames
-    board.renderer.render(Scene("splash", None), T0 + dt.timedelta(milliseconds=100), 0.1)
+    board.render(Scene("splash", None), T0 + dt.timedelta(milliseconds=100), 0.1)
     assert board.renderer.frames == frames  # same second, nothing changed: nothing presented
-    board.renderer.render(Scene("splash", None), T0 + dt.timedelta(seconds=1), 1.0)
+    board.render(Scene("splash", None), T0 + dt.timedelta(seconds=1), 1.0)
     assert board.renderer.frames == frames + 1
     assert pygame.image.tobytes(first, "RGB") != pygame.image.tobytes(board.shot(), "RGB")
 
@@ -159,10 +171,10 @@ def test_ticker_scrolls_and_only_its_band_changes(board: Board) -> None:
     m = parse(items=[{"id": "t", "type": "text", "title": "X", "duration_s": 5}], ticker=[{"id": "k", "text": "Bão số 3"}],
               layout={"ticker": {"speed_px_s": 100}, "header": {"title": "XÃ", "clock": False}})
     scene = Scene("item", m, item=m.items[0], ticker_text="Bão số 3", showing_id="s1")
-    frame = board.renderer.render(scene, T0, 0.0)
+    frame = board.render(scene, T0, 0.0)
     assert frame.next_change == pytest.approx(1 / 30)  # the ticker needs frames
     before = board.shot()
-    board.renderer.render(scene, T0 + dt.timedelta(milliseconds=500), 1.0)
+    board.render(scene, T0 + dt.timedelta(milliseconds=500), 1.0)
     after = board.shot()
     band_top = 180 - max(32, round(180 * 0.075))
     changed_rows = {y for y in range(180) for x in range(0, 320, 3) if before.get_at((x, y)) != after.get_at((x, y))}
@@ -176,7 +188,7 @@ def test_rotation_90_puts_the_header_on_the_right(tmp_path: Path) -> None:
         m = parse(items=[{"id": "t", "type": "text", "title": "A", "duration_s": 5}], ticker=[{"id": "k", "text": "x"}],
                   layout={"rotation": 90, "header": {"title": "XÃ", "clock": False},
                           "theme": {"background": "#102030", "foreground": "#FFFFFF", "accent": "#00FF00"}})
-        board.renderer.render(Scene("item", m, item=m.items[0], ticker_text="", showing_id="s1"), T0, 0.0)
+        board.render(Scene("item", m, item=m.items[0], ticker_text="", showing_id="s1"), T0, 0.0)
         shot = board.shot()
         # Logical canvas is 320x180 (landscape); clockwise 90° → header (top) on the right, ticker (bottom) on the left.
         # The header's accent underline (logical y 44-46 of a 48 px header) lands at physical x 133-135.
@@ -192,11 +204,11 @@ def test_rotation_90_puts_the_header_on_the_right(tmp_path: Path) -> None:
 
 
 def test_screen_off_is_black_and_alert_is_red(board: Board) -> None:
-    board.renderer.render(Scene("off", None), T0, 0.0)
+    board.render(Scene("off", None), T0, 0.0)
     shot = board.shot()
     assert all(shot.get_at((x, y))[:3] == (0, 0, 0) for x in range(0, 320, 16) for y in range(0, 180, 16))
     alert = Alert("c1", "CẢNH BÁO KHẨN CẤP", "Bão số 3 đổ bộ", until=T0 + dt.timedelta(hours=1))
-    board.renderer.render(Scene("alert", None, alert=alert, showing_id="a"), T0, 0.1)
+    board.render(Scene("alert", None, alert=alert, showing_id="a"), T0, 0.1)
     shot = board.shot()
     assert near(shot.get_at((5, 100)), (176, 0, 0))
     assert near(shot.get_at((5, 5)), (255, 221, 0))
@@ -210,9 +222,9 @@ def test_undecodable_image_is_reported_and_the_screen_keeps_its_frame(board: Boa
     board.store.import_file(garbage, bad["sha256"], bad["size"], "bad")
     m = parse(media=[good, bad], items=[{"id": "g", "type": "image", "media": "good", "duration_s": 5},
                                         {"id": "b", "type": "image", "media": "bad", "duration_s": 5}])
-    board.renderer.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
+    board.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 0.0)
     before = pygame.image.tobytes(board.shot(), "RGB")
-    frame = board.renderer.render(Scene("item", m, item=m.items[1], showing_id="s2"), T0, 0.5)
+    frame = board.render(Scene("item", m, item=m.items[1], showing_id="s2"), T0, 0.5)
     assert frame.failed_showing == "s2" and "cannot decode image" in frame.failure
     assert pygame.image.tobytes(board.shot(), "RGB") == before
 
@@ -222,20 +234,22 @@ def test_upcoming_item_is_prepared_before_its_turn(board: Board) -> None:
     green = board.add_png("m2.png", (64, 36), (20, 220, 20))
     m = parse(media=[red, green], items=[{"id": "a", "type": "image", "media": "m1", "duration_s": 5},
                                          {"id": "b", "type": "image", "media": "m2", "duration_s": 5}])
-    board.renderer.render(Scene("item", m, item=m.items[0], upcoming=m.items[1], showing_id="s1"), T0, 0.0)
-    slides = board.renderer._slides
-    key = slides._key(m, m.items[1], board.renderer._zones[1].size)
-    assert key in slides._pending or key in slides._ready  # decoding started while "a" is shown
-    board.renderer.render(Scene("item", m, item=m.items[1], showing_id="s2"), T0, 5.0)
+    board.render(Scene("item", m, item=m.items[0], upcoming=m.items[1], showing_id="s1"), T0, 0.0)
+    assert board.renderer.is_preparing(m, m.items[1])  # decoding started while "a" is shown
+    board.render(Scene("item", m, item=m.items[1], showing_id="s2"), T0, 5.0)
     assert near(board.shot().get_at((160, 110)), (20, 220, 20))
 
 
 def test_logo_is_drawn_in_the_header(board: Board) -> None:
     logo = board.add_png("logo.png", (40, 40), (200, 16, 46))
     m = parse(media=[logo], layout={"header": {"title": "XÃ", "logo": "logo", "clock": True}})
-    board.renderer.render(Scene("splash", m), T0, 0.0)
     header_h = max(48, round(180 * 0.11))
-    assert near(board.shot().get_at((10, header_h // 2)), (200, 16, 46))
+
+    def logo_drawn() -> bool:
+        board.render(Scene("splash", m), T0, 0.0)  # the logo is decoded on a worker, then the header redrawn
+        return near(board.shot().get_at((10, header_h // 2)), (200, 16, 46))
+
+    wait_for(logo_drawn, timeout=5, what="the logo in the header")
 
 
 def test_crossfade_blends_old_and_new_slides(tmp_path: Path) -> None:
@@ -246,16 +260,16 @@ def test_crossfade_blends_old_and_new_slides(tmp_path: Path) -> None:
         green = board.add_png("m2.png", (64, 36), (0, 240, 0))
         m = parse(media=[red, green], items=[{"id": "a", "type": "image", "media": "m1", "duration_s": 5},
                                              {"id": "b", "type": "image", "media": "m2", "duration_s": 5}])
-        board.renderer.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 10.0)
+        board.render(Scene("item", m, item=m.items[0], showing_id="s1"), T0, 10.0)
         scene = Scene("item", m, item=m.items[1], showing_id="s2")
-        frame = board.renderer.render(scene, T0, 20.0)
+        frame = board.render(scene, T0, 20.0)
         assert frame.next_change == pytest.approx(20.0 + 1 / 30)  # fading needs frames
-        board.renderer.render(scene, T0, 20.2)  # half-way
+        board.render(scene, T0, 20.2)  # half-way
         r, g, _ = tuple(board.shot().get_at((160, 110)))[:3]
         assert 60 < r < 180 and 60 < g < 180
-        board.renderer.render(scene, T0, 20.5)  # done
+        board.render(scene, T0, 20.5)  # done
         assert near(board.shot().get_at((160, 110)), (0, 240, 0))
-        assert board.renderer.render(scene, T0, 20.6).next_change > 20.6 + 1 / 30  # still again
+        assert board.render(scene, T0, 20.6).next_change > 20.6 + 1 / 30  # still again
     finally:
         board.close()
 
@@ -267,11 +281,11 @@ def test_splash_without_a_manifest_shows_vietnamese_time(board: Board) -> None:
     def main_zone() -> bytes:
         return pygame.image.tobytes(board.shot().subsurface((0, header_h, 320, 180 - header_h)), "RGB")
 
-    board.renderer.render(Scene("splash", None), T0, 0.0)  # T0 is 02:00 UTC, 09:00 in Vietnam
+    board.render(Scene("splash", None), T0, 0.0)  # T0 is 02:00 UTC, 09:00 in Vietnam
     without_manifest = main_zone()
-    board.renderer.render(Scene("splash", parse(timezone="Asia/Ho_Chi_Minh")), T0, 0.1)
+    board.render(Scene("splash", parse(timezone="Asia/Ho_Chi_Minh")), T0, 0.1)
     assert main_zone() == without_manifest
-    board.renderer.render(Scene("splash", parse(timezone="UTC")), T0, 0.2)
+    board.render(Scene("splash", parse(timezone="UTC")), T0, 0.2)
     assert main_zone() != without_manifest
     # Header underline runs the full width, under the clock too.
     assert near(board.shot().get_at((318, header_h - 2)), YELLOW)

@@ -1,37 +1,42 @@
 """The screen: zones (header, main, ticker), the splash, alerts, rotation and presenting.
 
-Runs on the one thread that owns pygame. A still screen is drawn once and flipped once; after
-that only the rectangles that change are updated (the clock once a second, the ticker band per
-frame), and `render` returns when the next change is due so the loop can sleep until then.
+Runs on the one thread that owns pygame, and never waits: slides, logos and videos are prepared
+on workers (their completion wakes the loop); until a new scene's picture is ready the screen
+keeps what it shows. A still screen is drawn once and flipped once; after that only the
+rectangles that change are updated (the clock once a second, the ticker band per frame), and
+`render` returns when the next change is due so the loop can sleep until then.
+
+Content cannot take the screen down: a failure in a zone is contained where it happens. The main
+zone failing is an item failure (skipped, reported); the header, ticker, splash or alert failing
+leaves a plain version of that zone and a problem in `zone_problems`, which the loop reports.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
-import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pygame
 
 from agent import schedule
-from agent.display.slides import SlideError, Slides, fit_image
-from agent.display.text import FontBook, clean, fit_block
-from agent.display.video import PyAVBackend, PyAVPlayback, VideoBackend, VideoError
+from agent.display import painters
+from agent.display.slides import SlideError, Slides
+from agent.display.text import FontBook
+from agent.display.ticker import Ticker
+from agent.display.video import VideoBackend, VideoError, VideoPlayback, slow_report
+from agent.limits import clip
 from agent.manifest import DEFAULT_TIMEZONE
-from agent.models import Alert, Item, Layout, Manifest, MediaSource, Scene
+from agent.models import Item, Layout, Manifest, MediaSource, Scene
 
 log = logging.getLogger(__name__)
 
-WEEKDAYS_VI = ("Thứ Hai", "Thứ Ba", "Thứ Tư", "Thứ Năm", "Thứ Sáu", "Thứ Bảy", "Chủ Nhật")
-ALERT_RED = (176, 0, 0)
-ALERT_YELLOW = (255, 221, 0)
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
+FIRST_FRAME_TIMEOUT_S = 5.0
+WAIT_POLL_S = 0.05  # while a picture is being prepared, look again this soon (a worker also wakes the loop)
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,7 @@ class Frame:
     failure: str = ""
     finished_showing: str | None = None  # a video without duration_s reached its end
     notice: str | None = None  # e.g. the board cannot keep up with a video
-
-
-def vietnamese_date(local: dt.datetime) -> str:
-    return f"{WEEKDAYS_VI[local.weekday()]}, {local:%d/%m/%Y}"
+    waiting: bool = False  # the scene's picture is still being prepared; the previous one stays
 
 
 def rotate_rect(rect: pygame.Rect, logical: tuple[int, int], rotation: int) -> pygame.Rect:
@@ -74,33 +76,41 @@ def rotate_rect(rect: pygame.Rect, logical: tuple[int, int], rotation: int) -> p
 
 
 class Renderer:
-    def __init__(self, settings: DisplaySettings, media: MediaSource, video: VideoBackend | None = None) -> None:
+    def __init__(self, settings: DisplaySettings, media: MediaSource, video: VideoBackend,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self._media = media
-        self._video_backend = video or PyAVBackend()
-        self._video: PyAVPlayback | None = None  # the video on screen
-        self._video_rect = pygame.Rect(0, 0, 0, 0)
-        self._next_video: tuple[object, PyAVPlayback] | None = None  # decoding ahead of its turn
+        self._video_backend = video
+        self._wake = wake
+        self._video: VideoPlayback | None = None  # the video on screen
         self._video_showing: str | None = None
+        self._video_rect = pygame.Rect(0, 0, 0, 0)
+        self._next_video: tuple[object, VideoPlayback] | None = None  # opening ahead of its turn
+        self._opening: tuple[str | None, VideoPlayback, float] | None = None  # a scene's video not ready yet
         self._fonts = FontBook()
-        self._slides = Slides(self._fonts, media)
+        self._titles = painters.TitleCache(self._fonts)
+        self._slides = Slides(self._fonts, media, wake)
+        self._ticker = Ticker(self._fonts)
         self._screen: pygame.Surface | None = None
         self._canvas = pygame.Surface((1, 1))
         self._rotation = 0
         self._zones: tuple[pygame.Rect, pygame.Rect, pygame.Rect] | None = None
         self._zone_key: object = None
         self._drawn_key: object = None
-        self._clock_rect: pygame.Rect | None = None
+        self._drawn_showing: str | None = None
+        self._drawn_layout = Layout()
+        self._drawn_mode = "splash"
+        self._clock: painters.ClockBox | None = None
         self._clock_second = -1
-        self._clock_kind = "header"  # header, splash or alert: how the clock rectangle is painted
-        self._ticker_text = ""
-        self._ticker_strip: pygame.Surface | None = None
-        self._ticker_start = 0.0
-        self._ticker_active = False
+        self._logo_pending = False
+        self._ticker_broken: str | None = None
         self._fade_from: pygame.Surface | None = None
+        self._fade_to: pygame.Surface | None = None
         self._fade_start = 0.0
-        self._logo_cache: dict[str, pygame.Surface | None] = {}
+        self._video_started = False
         self._asked_to_prepare: object = None
+        self.driver: str | None = None  # SDL's video driver, once open
+        self.zone_problems: dict[str, str] = {}  # zone → why it is drawn plain; the loop reports them
         self.frames = 0
         self.first_frame_mono: float | None = None
         self.frame_costs_ms: deque[float] = deque(maxlen=600)  # draw + present, for status and the benchmark
@@ -114,6 +124,7 @@ class Renderer:
         pygame.font.init()
         flags = pygame.FULLSCREEN if self.settings.fullscreen else 0
         self._screen = pygame.display.set_mode((self.settings.width, self.settings.height), flags)
+        self.driver = pygame.display.get_driver()
         pygame.display.set_caption("bangtin-agent")
         pygame.mouse.set_visible(False)
         log.info("display %s %dx%d%s", pygame.display.get_driver(), *self._screen.get_size(),
@@ -121,15 +132,14 @@ class Renderer:
         self._set_rotation(0)
 
     def close(self) -> None:
-        self._close_videos()
-        self._slides.close()
-        pygame.display.quit()
-
-    def _close_videos(self) -> None:
-        for playback in (self._video, self._next_video[1] if self._next_video else None):
+        for playback in (self._video, self._next_video[1] if self._next_video else None,
+                         self._opening[1] if self._opening else None):
             if playback is not None:
                 playback.close()
-        self._video, self._next_video = None, None
+        self._video = self._next_video = self._opening = None
+        self._video_backend.close()
+        self._slides.close()
+        pygame.display.quit()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -138,7 +148,7 @@ class Renderer:
     def video_stats(self) -> dict[str, object] | None:
         """Frames presented and dropped for the video on screen (status and benchmarks)."""
         video = self._video
-        if video is None:
+        if video is None or video.size is None:
             return None
         stats = video.stats
         fps = stats.measured_fps(time.monotonic())
@@ -146,23 +156,29 @@ class Renderer:
                 "decoded": stats.decoded, "stream_fps": stats.stream_fps,
                 "measured_fps": round(fps, 1) if fps is not None else None}
 
+    def is_preparing(self, manifest: Manifest, item: Item) -> bool:
+        """Whether the item's slide is being prepared, or ready (ahead of its turn)."""
+        main = self._zones[1] if self._zones is not None else pygame.Rect(0, 0, *self.size)
+        return self._slides.is_preparing(manifest, item, main.size)
+
     def invalidate(self) -> None:
         """Draw everything again at the next frame (settings changed)."""
         self._drawn_key = None
         self._zone_key = None
 
-    def screenshot_png(self) -> bytes:
-        """A PNG of exactly what is on the physical screen now."""
+    def screenshot(self) -> pygame.Surface:
+        """A copy of exactly what is on the physical screen now (encode it off the display thread)."""
         assert self._screen is not None
-        buffer = io.BytesIO()
-        pygame.image.save(self._screen, buffer, "screen.png")
-        return buffer.getvalue()
+        return self._screen.copy()
 
     def _set_rotation(self, rotation: int) -> None:
         width, height = self.size
-        logical = (height, width) if rotation in (90, 270) else (width, height)
         self._rotation = rotation
-        self._canvas = pygame.Surface(logical).convert() if self._screen is not None else pygame.Surface(logical)
+        if rotation == 0 and self._screen is not None:
+            self._canvas = self._screen  # no second 8 MB canvas when nothing needs turning
+        else:
+            logical = (height, width) if rotation in (90, 270) else (width, height)
+            self._canvas = pygame.Surface(logical).convert() if self._screen is not None else pygame.Surface(logical)
         self._zone_key = None
 
     # --- layout -------------------------------------------------------------------------------
@@ -199,188 +215,118 @@ class Renderer:
         key = (scene.mode, scene.showing_id, scene.item, scene.alert, id(scene.manifest))
         dirty: list[pygame.Rect] = []
         full = key != self._drawn_key
+        waiting = False
         if full:
+            if self._video is not None and scene.showing_id != self._video_showing:
+                self._video.close()  # a new scene: the video stops at once (preemption included)
+                self._video = None
             try:
-                self._draw_scene(scene, layout, local, mono, header, main, ticker)
+                ready, slide = self._picture_for(scene, main, mono)
             except (SlideError, VideoError) as exc:
-                return Frame(mono, failed_showing=scene.showing_id, failure=str(exc))
-            self._drawn_key = key
-        elif local.second != self._clock_second and self._clock_rect is not None and scene.mode != "off":
-            dirty.append(self._paint_clock(layout, local))
+                return Frame(mono, failed_showing=scene.showing_id, failure=clip(exc))
+            waiting = not ready
+            if waiting:
+                full = False
+            else:
+                self._draw_scene(scene, layout, local, mono, header, main, ticker, slide)
+                self._drawn_key, self._drawn_showing = key, scene.showing_id
+                self._drawn_layout, self._drawn_mode = layout, scene.mode
+        dirty.extend(self._changing_parts(scene, local, mono, main, ticker))
         video = self._video
-        if video is not None:
-            if video.error():
-                return Frame(mono, failed_showing=scene.showing_id, failure=str(video.error()))
-            picture = video.frame(mono)
-            if picture is not None:
-                self._canvas.blit(picture, self._video_rect)
-                dirty.append(self._video_rect)
-        if scene.mode in ("item", "splash"):
-            self._set_ticker(scene.ticker_text, layout, ticker, mono)
-            if self._ticker_active:
-                dirty.append(self._draw_ticker(layout, ticker, mono))
-            if self._fade_from is not None:
-                dirty.append(self._draw_fade(main, mono, scene))
+        if video is not None and video.error():
+            return Frame(mono, failed_showing=scene.showing_id, failure=clip(video.error()))
         if self._present(full, dirty, mono):
             self.frame_costs_ms.append((time.perf_counter() - started) * 1000)
             if full:
                 self.scene_shown_mono = time.monotonic()
-        upcoming = (scene.upcoming, scene.manifest, main.size)
-        if scene.upcoming is not None and scene.manifest is not None and upcoming != self._asked_to_prepare:
-            # Once per new upcoming item, not per ticker frame: the key hashes the whole item.
-            self._asked_to_prepare = upcoming
-            if scene.upcoming.type == "video":
-                self._prefetch_video(scene.manifest, scene.upcoming, main.size)
-            else:
-                self._slides.prepare(scene.manifest, scene.upcoming, main.size)
+        self._prepare_upcoming(scene, main.size)
         if video is not None and video.finished():
             return Frame(mono, finished_showing=scene.showing_id)
-        notice = video.slow_report(mono) if video is not None else None
-        return Frame(self._next_change(mono, now, scene), notice=notice)
+        notice = slow_report(video.stats, video.size, mono) if video is not None and video.size else None
+        next_change = self._next_change(mono, now)
+        if waiting or self._logo_pending:
+            next_change = min(next_change, mono + WAIT_POLL_S)
+        return Frame(next_change, notice=notice, waiting=waiting)
 
-    def _next_change(self, mono: float, now: dt.datetime, scene: Scene) -> float:
-        if scene.mode == "off":
+    def _changing_parts(self, scene: Scene, local: dt.datetime, mono: float, main: pygame.Rect,
+                        ticker: pygame.Rect) -> list[pygame.Rect]:
+        """The rectangles that move by themselves: clock, video, ticker, crossfade, a logo arriving."""
+        dirty = []
+        layout, mode = self._drawn_layout, self._drawn_mode
+        if self._clock is not None and local.second != self._clock_second and mode != "off":
+            self._clock_second = local.second
+            dirty.append(painters.paint_clock(self._canvas, self._fonts, self._clock, layout, local))
+        if self._video is not None:
+            picture = self._video.frame(mono)
+            if picture is not None:
+                self._canvas.blit(picture, self._video_rect)
+                dirty.append(self._video_rect)
+        if mode in ("item", "splash") and ticker.height:
+            text = scene.ticker_text if scene.ticker_text != self._ticker_broken else ""
+            try:
+                self._ticker.set(text, ticker, layout.theme.background, mono)
+                if self._ticker.active:
+                    dirty.append(self._ticker.draw(self._canvas, ticker, layout.ticker_speed_px_s, layout.theme.accent,
+                                                   layout.theme.background, mono))
+                self.zone_problems.pop("ticker", None)
+            except (pygame.error, MemoryError, ValueError, OverflowError) as exc:
+                self._ticker_broken = scene.ticker_text
+                self._canvas.fill(layout.theme.accent, ticker)
+                dirty.append(ticker)
+                self.zone_problems["ticker"] = clip(f"ticker cannot be drawn: {exc}")
+        if self._fade_from is not None:
+            dirty.append(self._draw_fade(main, mono))
+        if self._logo_pending and self._drawn_key is not None and scene.manifest is not None:
+            media = scene.manifest.media_by_id(layout.logo)
+            path = self._media.path_for(media.sha256) if media is not None else None
+            if path is None or not self._slides.logo(path, self._logo_height(), layout.theme.background)[1]:
+                self._drawn_key = None  # the logo is decoded: draw the header again with it, next frame
+        return dirty
+
+    def _next_change(self, mono: float, now: dt.datetime) -> float:
+        fps = self.settings.fps
+        if self._drawn_mode == "off":
             return mono + 1.0
         if self._video is not None:  # the next frame's time, at most the fps ceiling apart
             due = self._video.next_due()
-            return max(mono + 1.0 / self.settings.fps / 2, due if due is not None else mono + 1.0 / self.settings.fps)
-        if self._ticker_active or self._fade_from is not None:
-            return mono + 1.0 / self.settings.fps
+            return max(mono + 1.0 / fps / 2, due if due is not None else mono + 1.0 / fps)
+        if self._ticker.active and self._drawn_mode in ("item", "splash"):
+            return mono + self._ticker.frame_period_s(self._drawn_layout.ticker_speed_px_s, fps)
+        if self._fade_from is not None:
+            return mono + 1.0 / fps
         # Wake just after the wall clock's next second so the clock ticks on time.
         return mono + (1.0 - now.microsecond / 1e6) + 0.002
 
-    def _draw_scene(self, scene: Scene, layout: Layout, local: dt.datetime, mono: float,
-                    header: pygame.Rect, main: pygame.Rect, ticker: pygame.Rect) -> None:
-        canvas = self._canvas
-        self._clock_rect = None
-        keep_video = self._video is not None and scene.showing_id == self._video_showing
-        if self._video is not None and not keep_video:  # a new scene: the video stops (preemption included)
-            self._video.close()
-            self._video = None
-        if scene.mode == "off":
-            self._fade_from = None
-            canvas.fill(BLACK)
-            return
-        if scene.mode == "alert":
-            assert scene.alert is not None
-            self._fade_from = None
-            self._draw_alert(scene.alert, local)
-            return
-        if scene.mode == "item" and scene.item is not None and scene.item.type == "video" and scene.manifest is not None:
-            self._fade_from = None
-            if not keep_video:  # the same showing under a new manifest object plays on
-                self._start_video(scene.manifest, scene.item, main)  # may raise VideoError; the old frame stays
-                self._video_showing = scene.showing_id
-        elif scene.mode == "item" and scene.item is not None and scene.manifest is not None:
-            slide = self._slides.get(scene.manifest, scene.item, main.size)  # may raise SlideError
-            if self.settings.crossfade_ms > 0 and self.frames > 0:
-                self._fade_from = canvas.subsurface(main).copy()
-                self._fade_start = mono
-            canvas.blit(slide, main)
-        else:
-            self._fade_from = None
-            self._draw_splash(layout, local, main)
-        self._draw_header(scene.manifest, layout, header, local)
-        if ticker.height:
-            canvas.fill(layout.theme.accent, ticker)
-            self._ticker_text = ""  # redraw the strip from its start on the fresh band
+    # --- the scene's picture ------------------------------------------------------------------
 
-    def _draw_header(self, manifest: Manifest | None, layout: Layout, rect: pygame.Rect, local: dt.datetime) -> None:
-        canvas, theme = self._canvas, layout.theme
-        canvas.fill(theme.background, rect)
-        canvas.fill(theme.accent, (rect.x, rect.bottom - 3, rect.width, 3))  # the underline; the clock stays above it
-        pad = max(6, rect.height // 10)
-        x = pad
-        logo = self._logo(manifest, layout, rect.height - 2 * pad)
-        if logo is not None:
-            canvas.blit(logo, (x, rect.y + (rect.height - logo.get_height()) // 2))
-            x += logo.get_width() + pad
-        clock_w = 0
-        if layout.clock:  # wide enough for the longest weekday: the box never clips the date
-            clock_w = max(self._fonts.get(int(rect.height * 0.36), bold=True).size("88:88:88")[0],
-                          self._fonts.get(int(rect.height * 0.2)).size("Chủ Nhật, 28/12/2026")[0]) + 2 * pad
-        title_box = (max(10, rect.width - x - clock_w - pad), rect.height - 2 * pad)
-        title = fit_block(self._fonts, layout.title or self.settings.splash_title, title_box, theme.foreground,
-                          bold=True, max_size=int(rect.height * 0.42))
-        canvas.blit(title, (x, rect.y + (rect.height - title.get_height()) // 2))
-        if layout.clock:
-            self._clock_rect = pygame.Rect(rect.right - clock_w, rect.y, clock_w, rect.height - 3)
-            self._clock_kind = "header"
-            self._paint_clock(layout, local)
-
-    def _logo(self, manifest: Manifest | None, layout: Layout, height: int) -> pygame.Surface | None:
-        media = manifest.media_by_id(layout.logo) if manifest is not None else None
-        path = self._media.path_for(media.sha256) if media is not None else None
-        if path is None:
-            return None
-        key = f"{path}@{height}"
-        if key not in self._logo_cache:
-            try:
-                image = pygame.image.load(path)
-                w, h = image.get_size()
-                self._logo_cache[key] = fit_image(image, (max(1, round(w * height / max(1, h))), height),
-                                                  layout.theme.background)
-            except (pygame.error, SlideError, OSError) as exc:
-                log.warning("logo %s cannot be drawn: %s", layout.logo, exc)
-                self._logo_cache[key] = None
-        return self._logo_cache[key]
-
-    def _paint_clock(self, layout: Layout, local: dt.datetime) -> pygame.Rect:
-        assert self._clock_rect is not None
-        rect, canvas = self._clock_rect, self._canvas
-        self._clock_second = local.second
-        if self._clock_kind == "alert":
-            canvas.fill(ALERT_RED, rect)
-            text = self._fonts.get(int(rect.height * 0.6), bold=True).render(f"{local:%H:%M:%S}", True, WHITE)
-            canvas.blit(text, text.get_rect(center=rect.center))
-            return rect
-        background = layout.theme.background
-        canvas.fill(background, rect)
-        if self._clock_kind == "splash":
-            big = self._fonts.get(int(rect.height * 0.62), bold=True).render(f"{local:%H:%M:%S}", True, layout.theme.accent)
-            canvas.blit(big, big.get_rect(midtop=(rect.centerx, rect.y)))
-            date = self._fonts.get(int(rect.height * 0.2)).render(vietnamese_date(local), True, layout.theme.foreground)
-            canvas.blit(date, date.get_rect(midbottom=(rect.centerx, rect.bottom)))
-            return rect
-        time_text = self._fonts.get(int(rect.height * 0.36), bold=True).render(f"{local:%H:%M:%S}", True, layout.theme.accent)
-        date_text = self._fonts.get(int(rect.height * 0.2)).render(vietnamese_date(local), True, layout.theme.foreground)
-        top = rect.y + (rect.height - time_text.get_height() - date_text.get_height()) // 2
-        canvas.blit(time_text, time_text.get_rect(midtop=(rect.centerx, top)))
-        canvas.blit(date_text, date_text.get_rect(midtop=(rect.centerx, top + time_text.get_height())))
-        return rect
-
-    def _draw_splash(self, layout: Layout, local: dt.datetime, main: pygame.Rect) -> None:
-        """The board's own screen when nothing is playable: title, clock, date — never black."""
-        canvas = self._canvas
-        canvas.fill(layout.theme.background, main)
-        clock_h = main.height // 2
-        self._clock_rect = pygame.Rect(main.x, main.y + main.height // 5, main.width, clock_h)
-        self._clock_kind = "splash"
-        self._paint_clock(layout, local)
-        footer = self._fonts.get(max(12, main.height // 30)).render(
-            f"bangtin-agent · {self.settings.device_id}", True, layout.theme.foreground)
-        canvas.blit(footer, footer.get_rect(midbottom=(main.centerx, main.bottom - 8)))
-
-    def _draw_alert(self, alert: Alert, local: dt.datetime) -> None:
-        """Full screen, red and yellow, over header and ticker: unmistakable."""
-        canvas = self._canvas
-        width, height = canvas.get_size()
-        pad = max(12, width // 40)
-        canvas.fill(ALERT_RED)
-        band = pygame.Rect(0, 0, width, height // 4)
-        canvas.fill(ALERT_YELLOW, band)
-        title = fit_block(self._fonts, alert.title or "CẢNH BÁO KHẨN CẤP", (width - 2 * pad, band.height - 2 * pad),
-                          ALERT_RED, bold=True, max_size=height // 6, align="center")
-        canvas.blit(title, title.get_rect(center=band.center))
-        clock_h = max(24, height // 12)
-        body_rect = pygame.Rect(pad, band.bottom + pad, width - 2 * pad, height - band.bottom - 2 * pad - clock_h)
-        body = fit_block(self._fonts, alert.body, body_rect.size, WHITE, max_size=height // 9, align="center")
-        canvas.blit(body, body.get_rect(midtop=body_rect.midtop))
-        self._clock_rect = pygame.Rect(0, height - clock_h, width, clock_h)
-        self._clock_kind = "alert"
-        self._paint_clock(Layout(), local)
-
-    # --- video -------------------------------------------------------------------------------
+    def _picture_for(self, scene: Scene, main: pygame.Rect, mono: float) -> tuple[bool, pygame.Surface | None]:
+        """(ready, slide): an image/text item's slide once prepared; a video item is ready once its
+        first frame is decoded (the playback is then on screen). Raises SlideError / VideoError."""
+        if scene.mode != "item" or scene.item is None or scene.manifest is None:
+            return True, None
+        if scene.item.type != "video":
+            slide = self._slides.poll(scene.manifest, scene.item, main.size)
+            return slide is not None, slide
+        if self._video is not None and scene.showing_id == self._video_showing:
+            return True, None  # the same showing under a new manifest object plays on
+        playback, opened_at = self._video_opening(scene, scene.manifest, scene.item, main, mono)
+        if not playback.ready():
+            if mono - opened_at > FIRST_FRAME_TIMEOUT_S:
+                self._opening = None
+                playback.close()
+                raise VideoError(f"no frame decoded within {FIRST_FRAME_TIMEOUT_S:g} s")
+            return False, None
+        self._opening = None
+        error = playback.error()
+        size = playback.size
+        if error is not None or size is None:
+            playback.close()
+            raise VideoError(error or "the file has no video frames")
+        self._video, self._video_showing = playback, scene.showing_id
+        self._video_rect = pygame.Rect(main.x + (main.width - size[0]) // 2, main.y + (main.height - size[1]) // 2,
+                                       *size)
+        self._video_started = True
+        return True, None
 
     def _video_path(self, manifest: Manifest, item: Item) -> str:
         media = manifest.media_by_id(item.media)
@@ -389,87 +335,125 @@ class Renderer:
             raise VideoError("media not verified in the cache")
         return path
 
-    def _prefetch_video(self, manifest: Manifest, item: Item, size: tuple[int, int]) -> None:
-        """Open and start decoding the next item's video now, so its first frame is ready in time."""
-        if self._next_video is not None:
-            self._next_video[1].close()
-            self._next_video = None
-        try:
-            playback = self._video_backend.open(self._video_path(manifest, item), size)
-        except VideoError:
-            return  # reported when its turn comes and it fails again
-        assert isinstance(playback, PyAVPlayback)
-        playback.start(item.duration_s)
-        self._next_video = ((item, self._video_path(manifest, item), size), playback)
-
-    def _start_video(self, manifest: Manifest, item: Item, main: pygame.Rect) -> None:
+    def _video_opening(self, scene: Scene, manifest: Manifest, item: Item, main: pygame.Rect,
+                       mono: float) -> tuple[VideoPlayback, float]:
+        if self._opening is not None and self._opening[0] == scene.showing_id:
+            return self._opening[1], self._opening[2]
+        if self._opening is not None:
+            self._opening[1].close()
         key = (item, self._video_path(manifest, item), main.size)
         if self._next_video is not None and self._next_video[0] == key:
             playback = self._next_video[1]
             self._next_video = None
         else:
-            opened = self._video_backend.open(self._video_path(manifest, item), main.size)
-            assert isinstance(opened, PyAVPlayback)
-            playback = opened
-            playback.start(item.duration_s)
+            playback = self._video_backend.open(self._video_path(manifest, item), main.size, item.duration_s, self._wake)
+        self._opening = (scene.showing_id, playback, mono)
+        return playback, mono
+
+    def _prepare_upcoming(self, scene: Scene, size: tuple[int, int]) -> None:
+        upcoming = (scene.upcoming, scene.manifest, size)
+        if scene.upcoming is None or scene.manifest is None or upcoming == self._asked_to_prepare:
+            return
+        # Once per new upcoming item, not per ticker frame: the key hashes the whole item.
+        self._asked_to_prepare = upcoming
+        if scene.upcoming.type != "video":
+            self._slides.prepare(scene.manifest, scene.upcoming, size)
+            return
+        if self._next_video is not None:
+            self._next_video[1].close()
+            self._next_video = None
         try:
-            playback.wait_first_frame()
+            path = self._video_path(scene.manifest, scene.upcoming)
         except VideoError:
-            playback.close()
-            raise
-        width, height = playback.size
-        self._video_rect = pygame.Rect(main.x + (main.width - width) // 2, main.y + (main.height - height) // 2,
-                                       width, height)
-        self._canvas.fill(BLACK, main)
-        self._video = playback
-        first = playback.frame(time.monotonic())
-        if first is not None:
-            self._canvas.blit(first, self._video_rect)
+            return  # reported when its turn comes and it fails again
+        playback = self._video_backend.open(path, size, scene.upcoming.duration_s, self._wake)
+        self._next_video = ((scene.upcoming, path, size), playback)
 
-    # --- ticker and crossfade -----------------------------------------------------------------
+    # --- drawing a scene ------------------------------------------------------------------------
 
-    def _set_ticker(self, text: str, layout: Layout, band: pygame.Rect, mono: float) -> None:
-        if text == self._ticker_text and (self._ticker_strip is not None or not text):
-            return
-        self._ticker_text = text
-        self._ticker_active = bool(text) and band.height > 0
-        if not self._ticker_active:
-            self._ticker_strip = None
-            return
-        font = self._fonts.get(int(band.height * 0.6), bold=True)
-        self._ticker_strip = font.render(clean(text), True, layout.theme.background)
-        self._ticker_start = mono
-
-    def _draw_ticker(self, layout: Layout, band: pygame.Rect, mono: float) -> pygame.Rect:
-        """The strip moves by elapsed time in whole pixels; repeats with a gap; only the band is redrawn."""
-        strip = self._ticker_strip
-        assert strip is not None
+    def _draw_scene(self, scene: Scene, layout: Layout, local: dt.datetime, mono: float, header: pygame.Rect,
+                    main: pygame.Rect, ticker: pygame.Rect, picture: pygame.Surface | None) -> None:
         canvas = self._canvas
-        canvas.fill(layout.theme.accent, band)
-        period = strip.get_width() + max(band.width // 4, 100)
-        travelled = int((mono - self._ticker_start) * layout.ticker_speed_px_s)
-        first = max(0, (travelled - band.width - strip.get_width()) // period)
-        y = band.y + (band.height - strip.get_height()) // 2
-        canvas.set_clip(band)
-        for k in range(first, first + math.ceil(band.width / period) + 2):
-            x = band.width - travelled + k * period
-            if x >= band.width:
-                break
-            if x + strip.get_width() > 0:
-                canvas.blit(strip, (x, y))
-        canvas.set_clip(None)
-        return band
-
-    def _draw_fade(self, main: pygame.Rect, mono: float, scene: Scene) -> pygame.Rect:
-        assert self._fade_from is not None
-        progress = (mono - self._fade_start) * 1000 / self.settings.crossfade_ms
-        if progress >= 1.0 or scene.item is None or scene.manifest is None:
+        self._clock = None
+        self._clock_second = local.second
+        if scene.mode == "off":
             self._fade_from = None
-            if scene.item is not None and scene.manifest is not None:
-                self._canvas.blit(self._slides.get(scene.manifest, scene.item, main.size), main)
+            canvas.fill(painters.BLACK)
+            return
+        if scene.mode == "alert":
+            alert = scene.alert
+            assert alert is not None
+            self._fade_from = None
+            self._contained("alert", lambda: self._set_clock(painters.draw_alert(canvas, self._fonts, alert, local)),
+                            lambda: painters.draw_plain_alert(canvas, self._fonts))
+            return
+        if scene.mode == "item" and picture is None and self._video is not None:
+            self._fade_from = None
+            if self._video_started:  # the first frame of a new playback; a replayed scene keeps its picture
+                self._video_started = False
+                canvas.fill(painters.BLACK, main)
+                first = self._video.frame(mono)
+                if first is not None:
+                    canvas.blit(first, self._video_rect)
+        elif scene.mode == "item" and picture is not None:
+            if self.settings.crossfade_ms > 0 and self.frames > 0 and scene.showing_id != self._drawn_showing:
+                self._fade_from = canvas.subsurface(main).copy()
+                self._fade_to = picture
+                self._fade_start = mono
+            canvas.blit(picture, main)
+        else:
+            self._fade_from = None
+            self._contained("splash", lambda: self._set_clock(painters.draw_splash(
+                canvas, self._fonts, layout, local, main, f"bangtin-agent · {self.settings.device_id}")),
+                lambda: canvas.fill(layout.theme.background, main))
+        clock_before = self._clock
+        self._contained("header", lambda: self._set_clock(self._header(scene.manifest, layout, header, local)),
+                        lambda: canvas.fill(layout.theme.background, header))
+        if self._clock is None:
+            self._clock = clock_before
+        if ticker.height:
+            canvas.fill(layout.theme.accent, ticker)
+            self._ticker.reset_position(mono)  # the strip starts again on the fresh band
+
+    def _set_clock(self, box: painters.ClockBox | None) -> None:
+        if box is not None:
+            self._clock = box
+
+    def _contained(self, zone: str, draw: Callable[[], None], plain: Callable[[], object]) -> None:
+        """Draw a zone; if its content breaks it, draw it plain and say so (never a crash, never black)."""
+        try:
+            draw()
+        except (pygame.error, MemoryError, ValueError, OverflowError, SlideError) as exc:
+            log.warning("%s cannot be drawn: %s", zone, exc)
+            self.zone_problems[zone] = clip(f"{zone} cannot be drawn: {exc}")
+            plain()
+        else:
+            self.zone_problems.pop(zone, None)
+
+    def _logo_height(self) -> int:
+        header = self._zones[0] if self._zones is not None else pygame.Rect(0, 0, 0, 48)
+        return max(1, header.height - 2 * max(6, header.height // 10))
+
+    def _header(self, manifest: Manifest | None, layout: Layout, rect: pygame.Rect,
+                local: dt.datetime) -> painters.ClockBox | None:
+        logo = None
+        self._logo_pending = False
+        media = manifest.media_by_id(layout.logo) if manifest is not None else None
+        path = self._media.path_for(media.sha256) if media is not None else None
+        if path is not None:
+            logo, self._logo_pending = self._slides.logo(path, self._logo_height(), layout.theme.background)
+        return painters.draw_header(self._canvas, self._fonts, self._titles, layout, rect, local,
+                                    layout.title or self.settings.splash_title, logo)
+
+    def _draw_fade(self, main: pygame.Rect, mono: float) -> pygame.Rect:
+        old, new = self._fade_from, self._fade_to
+        assert old is not None and new is not None
+        progress = (mono - self._fade_start) * 1000 / max(1, self.settings.crossfade_ms)
+        if progress >= 1.0:
+            self._fade_from = self._fade_to = None
+            self._canvas.blit(new, main)
             return main
-        new = self._slides.get(scene.manifest, scene.item, main.size)
-        self._canvas.blit(self._fade_from, main)
+        self._canvas.blit(old, main)
         new.set_alpha(int(255 * progress))
         self._canvas.blit(new, main)
         new.set_alpha(None)
@@ -481,21 +465,21 @@ class Renderer:
         """Put changed pixels on the screen; False when nothing changed (no frame at all)."""
         screen = self._screen
         assert screen is not None
-        logical = self._canvas.get_size()
         if full:
-            if self._rotation:
+            if self._canvas is not screen:
                 screen.blit(pygame.transform.rotate(self._canvas, -self._rotation), (0, 0))
-            else:
-                screen.blit(self._canvas, (0, 0))
             pygame.display.flip()
         elif dirty:
-            updated = []
-            for rect in dirty:
-                target = rotate_rect(rect, logical, self._rotation)
-                part = self._canvas.subsurface(rect)
-                screen.blit(pygame.transform.rotate(part, -self._rotation) if self._rotation else part, target)
-                updated.append(target)
-            pygame.display.update(updated)
+            if self._canvas is screen:
+                pygame.display.update(dirty)
+            else:
+                logical = self._canvas.get_size()
+                updated = []
+                for rect in dirty:
+                    target = rotate_rect(rect, logical, self._rotation)
+                    screen.blit(pygame.transform.rotate(self._canvas.subsurface(rect), -self._rotation), target)
+                    updated.append(target)
+                pygame.display.update(updated)
         else:
             return False
         self.frames += 1
@@ -509,6 +493,7 @@ class Renderer:
         costs = sorted(self.frame_costs_ms)
         if not costs:
             return {}
+
         def pick(q: float) -> float:
             return round(costs[min(len(costs) - 1, int(q * len(costs)))], 3)
         return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(costs[-1], 3), "n": len(costs)}
