@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config, ConfigError, config_warnings, load_config
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if config is None:
             return EXIT_CONFIG
         print(f"{args.config}: OK (device {config.device.id}, source {config.source.url})")
+        for warning in config_warnings(config):
+            print(f"warning: {warning}")
         return EXIT_OK
     if args.command == "run":
         config = load_or_report(args.config)

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -71,6 +72,29 @@ def _mqtt_urls(value: str | tuple[str, ...] | None) -> str | None:
     return None
 
 
+TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII, no spaces: what an HTTP header can carry
+
+
+def _token(value: str) -> str | None:
+    return None if TOKEN_PATTERN.fullmatch(value) else "printable characters without spaces or line breaks"
+
+
+def read_token_file(path: str) -> str:
+    """The token in a token file (whitespace around it stripped); ValueError says what is wrong, never the token."""
+    mode = os.stat(path).st_mode
+    if mode & 0o137:  # group may read at most (0640); nobody else at all
+        raise ValueError(f"mode {stat.S_IMODE(mode):04o} lets other users read or change it (expected 0600 or 0640)")
+    with open(path, "rb") as handle:
+        raw = handle.read(8193)
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    if len(raw) > 8192 or (token and _token(token)):
+        raise ValueError("it holds more than one printable word (a token has no spaces or line breaks inside)")
+    return token
+
+
 def _keys(value: tuple[str, ...]) -> str | None:
     for key in value:
         try:
@@ -91,7 +115,7 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class SourceConfig:
     url: str = setting("", check=_source_url, required=True)
-    token: str | None = setting(None, secret=True)
+    token: str | None = setting(None, secret=True, check=_token)
     token_file: str | None = setting(None, path=True)
     poll_interval_s: int = setting(300, check=_at_least(10))
     ca_file: str | None = setting(None, path=True)
@@ -155,11 +179,11 @@ class Config:
     path: str = ""  # the file it came from, for messages and `ctl --config`
 
     def token(self) -> str | None:
-        """The device token, from `source.token` or `source.token_file`."""
+        """The device token, from `source.token` or `source.token_file` (checked by check-config)."""
         if self.source.token:
             return self.source.token
         if self.source.token_file:
-            return Path(self.source.token_file).read_text(encoding="utf-8").strip() or None
+            return read_token_file(self.source.token_file) or None
         return None
 
 
@@ -266,7 +290,10 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
     known = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
     all_paths = _all_key_paths()
     for key in data:
-        if str(key) not in known:
+        if not isinstance(key, str):
+            report(f"{prefix}{_describe(key, False)}", "expected a key name, found a key that is not text")
+            continue
+        if key not in known:
             key_path = f"{prefix}{key}"
             close = difflib.get_close_matches(key_path, all_paths, n=1, cutoff=0.6)
             if not close:
@@ -366,16 +393,57 @@ def _cross_checks(config: Config, file_path: Path, line_of: Mapping[str, int]) -
         problems.append(f"{where('source.token_file')}: source.token_file: expected either token or token_file, found both")
     if config.source.token_file:
         try:
-            Path(config.source.token_file).read_bytes()
+            read_token_file(config.source.token_file)
         except OSError as exc:
             problems.append(
                 f"{where('source.token_file')}: source.token_file: expected a readable file, "
                 f"found {config.source.token_file!r} ({exc.strerror})"
             )
+        except ValueError as exc:
+            problems.append(f"{where('source.token_file')}: source.token_file: {config.source.token_file}: {exc}")
+    storage_problem = storage_dir_problem(config.storage.dir)
+    if storage_problem:
+        problems.append(f"{where('storage.dir')}: storage.dir: {storage_problem}")
     if config.source.ca_file and not os.path.isfile(config.source.ca_file):
         problems.append(f"{where('source.ca_file')}: source.ca_file: expected a CA bundle file, "
                         f"found {config.source.ca_file!r} (no such file)")
     return problems
+
+
+def storage_dir_problem(directory: str) -> str | None:
+    """A storage.dir others could write to would let them plant media or links: refused."""
+    try:
+        found = os.lstat(directory)
+    except FileNotFoundError:
+        return None  # created with mode 0750 at start
+    except OSError as exc:
+        return f"cannot inspect {directory} ({exc.strerror})"
+    if stat.S_ISLNK(found.st_mode):
+        target = os.path.realpath(directory)
+        found = os.stat(target)
+    if not stat.S_ISDIR(found.st_mode):
+        return f"expected a directory, found {directory!r} (not a directory)"
+    if found.st_mode & 0o022:
+        return (f"expected a directory only its owner can write to, found {directory!r} with mode "
+                f"{stat.S_IMODE(found.st_mode):04o} (chmod go-w {directory})")
+    return None
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Not errors, but a technician should know (check-config prints them; the agent logs them)."""
+    warnings = []
+    secret = bool(config.source.token or config.source.token_file)
+    if secret and urlsplit(config.source.url).scheme == "http":
+        warnings.append(f"{config.path}: source.url: the device token would travel unencrypted over http:// "
+                        "(use https://)")
+    mqtt_urls = (config.mqtt.url,) if isinstance(config.mqtt.url, str) else (config.mqtt.url or ())
+    if secret and any(urlsplit(url).scheme == "mqtt" for url in mqtt_urls):
+        warnings.append(f"{config.path}: mqtt.url: the device token is the MQTT password and would travel "
+                        "unencrypted over mqtt:// (use mqtts://)")
+    if not config.security.manifest_keys:
+        warnings.append(f"{config.path}: security.manifest_keys: empty, so unsigned manifests and commands are "
+                        "accepted (development only)")
+    return warnings
 
 
 def describe_config(config: Config) -> dict[str, Any]:

@@ -1,9 +1,14 @@
 """The board's current content: the last accepted manifest, persisted, and which media are verified.
 
-Every source (the `file://` folder now, HTTP later) hands manifest bytes to `Content.offer` and
-media to the store; only `Content.commit` changes what plays. The accepted envelope and serial are
-written atomically to `storage.dir`, so the next start plays at once, and a rollback to an older
-serial is refused even across restarts.
+Every source (the `file://` folder, HTTP) hands manifest bytes to `Content.offer` and media to the
+store; only `Content.commit` changes what plays. The accepted envelope and serial are written
+atomically to `storage.dir`, so the next start plays at once, and a rollback to an older serial is
+refused even across restarts. The manifest accepted before the current one is kept too
+(`manifest.previous`): it is what the board falls back to when the current one is set aside after
+three failed starts (PROTOCOL.md §10).
+
+State on disk (`state.json`): `{"serial", "etag", "set_aside"}`; v1 files without `set_aside`
+read as "nothing set aside".
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.cache.store import MediaStore
+from agent.envelope import TrustedKey
 from agent.files import atomic_write
 from agent.health import Problems
-from agent.manifest import ManifestError, TrustedKey, accept_manifest
-from agent.models import Manifest
+from agent.manifest import accept_manifest
+from agent.models import Manifest, ManifestRejected, Media
 
 log = logging.getLogger(__name__)
+
+SET_ASIDE_PROBLEM = "set-aside"
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,18 @@ class Snapshot:
     manifest: Manifest | None
     verified_sha256: frozenset[str]
     version: int  # bumps whenever the manifest or the set of verified media changes
+
+
+@dataclass
+class _State:
+    serial: int | None = None
+    etag: str | None = None  # of the accepted manifest's answer: polls stay conditional across restarts
+    set_aside: int | None = None  # serial set aside after failed starts, until a newer one is accepted
+    previous_set_aside: bool = False  # the fallback failed too: the splash until a newer serial
+
+    def to_json(self) -> bytes:
+        return json.dumps({"serial": self.serial, "etag": self.etag, "set_aside": self.set_aside,
+                           "previous_set_aside": self.previous_set_aside}).encode()
 
 
 class Content:
@@ -45,6 +66,7 @@ class Content:
         groups: Sequence[str],
     ) -> None:
         self._manifest_path = state_dir / "manifest.accepted"
+        self._previous_path = state_dir / "manifest.previous"
         self._state_path = state_dir / "state.json"
         self._store = store
         self._problems = problems
@@ -53,68 +75,106 @@ class Content:
         self._groups = tuple(groups)
         self._lock = threading.Lock()
         self._manifest: Manifest | None = None
-        self._last_serial: int | None = None
-        self._etag: str | None = None  # of the accepted manifest's answer: polls stay conditional across restarts
+        self._state = _State()
         self._version = 0
 
     @property
     def last_serial(self) -> int | None:
         with self._lock:
-            return self._last_serial
+            return self._state.serial
 
     @property
     def etag(self) -> str | None:
         with self._lock:
-            return self._etag
+            return self._state.etag
 
     def remember_etag(self, etag: str | None) -> None:
         """An unchanged manifest came with a new ETag: poll with it from now on."""
         with self._lock:
-            if etag == self._etag or self._last_serial is None:
+            if etag == self._state.etag or self._state.serial is None:
                 return
-            self._etag = etag
-            state = {"serial": self._last_serial, "etag": etag}
-        atomic_write(self._state_path, json.dumps(state).encode())
+            self._state.etag = etag
+            state = self._state.to_json()
+        atomic_write(self._state_path, state)
 
-    def restore(self) -> Manifest | None:
-        """Load the persisted manifest (re-verified with today's keys) and check its cached media."""
-        self._last_serial, self._etag = self._read_state()
+    # --- start --------------------------------------------------------------------------------
+
+    def restore(self, *, set_aside: bool = False) -> Manifest | None:
+        """Load the persisted manifest (re-verified with today's keys) without hashing its media.
+
+        `set_aside`: this start follows three failed ones, so the stored manifest is not trusted
+        to run: the previous one (or, if that was set aside too, none) becomes current instead.
+        """
+        state = self._read_state()
+        if set_aside:
+            stored = self._load(self._manifest_path, state.serial)
+            if state.set_aside is None and stored is not None:
+                state.set_aside = stored.serial
+            elif state.set_aside is not None:
+                state.previous_set_aside = True
+            atomic_write(self._state_path, state.to_json())
+        if state.set_aside is not None:
+            note = " and the one before it" if state.previous_set_aside else ""
+            self._problems.report(SET_ASIDE_PROBLEM,
+                                  f"manifest serial {state.set_aside}{note} set aside after 3 failed starts")
+            manifest = None if state.previous_set_aside else self._load(self._previous_path, None)
+        else:
+            manifest = self._load(self._manifest_path, state.serial)
+        with self._lock:
+            self._state = state
+            self._manifest = manifest
+            if manifest is not None and state.set_aside is None:
+                state.serial = max(manifest.serial, state.serial or 0)
+            self._version += 1
+        if manifest is not None:
+            log.info("restored manifest serial %d", manifest.serial)
+        return manifest
+
+    def _load(self, path: Path, last_serial: int | None) -> Manifest | None:
         try:
-            raw = self._manifest_path.read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            self._problems.report("manifest", f"stored manifest {path.name} unreadable: {exc.strerror or exc}")
+            return None
         try:
-            manifest = accept_manifest(raw, keys=self._keys, device_id=self._device_id, groups=self._groups,
-                                       last_serial=self._last_serial)
-        except ManifestError as exc:
+            return accept_manifest(raw, keys=self._keys, device_id=self._device_id, groups=self._groups,
+                                   last_serial=last_serial)
+        except ManifestRejected as exc:
             self._problems.report("manifest", f"stored manifest rejected: {exc}")
             return None
-        corrupt = self._store.verify_existing((m.sha256, m.size) for m in manifest.media)
-        for sha in corrupt:
-            self._problems.report(f"media:{sha}", f"cached media {sha[:12]}… was corrupt and is removed")
-        with self._lock:
-            self._manifest = manifest
-            self._last_serial = max(manifest.serial, self._last_serial or 0)
-            self._version += 1
-        log.info("restored manifest serial %d from %s", manifest.serial, self._manifest_path)
-        return manifest
+
+    def verify_cached(self, media: Sequence[Media]) -> None:
+        """Re-hash cached files (after a restart or power cut), in the order given; the player sees
+        each as it passes, so the first item plays long before a large cache is checked."""
+        for entry in media:
+            corrupt = self._store.verify_existing([(entry.sha256, entry.size)])
+            if corrupt:
+                self._problems.report(f"media:{entry.id}", f"media {entry.id}: cached file was corrupt and is removed")
+            self.media_changed()
+
+    # --- new manifests ------------------------------------------------------------------------
 
     def offer(self, raw: bytes, origin: str) -> Manifest | None:
         """Verify manifest bytes. Returns a manifest to fetch media for and commit, or None if unchanged.
 
-        Raises ManifestError (already reported in problems) when it is refused.
+        Raises ManifestRejected (already reported in problems) when it is refused.
         """
         with self._lock:
-            last_serial = self._last_serial
+            last_serial = self._state.serial
+            set_aside = self._state.set_aside
             current = self._manifest
         try:
             manifest = accept_manifest(raw, keys=self._keys, device_id=self._device_id, groups=self._groups,
                                        last_serial=last_serial)
-        except ManifestError as exc:
+        except ManifestRejected as exc:
             self._problems.report("manifest", f"manifest from {origin} rejected: {exc}")
             raise
         if manifest.serial == last_serial:
-            if current is not None and manifest != current:
+            if set_aside == manifest.serial:
+                self._problems.resolve("manifest")  # the set-aside problem says what there is to say
+            elif current is not None and manifest != current:
                 self._problems.report(
                     "manifest", f"manifest from {origin} has serial {manifest.serial} again but other content: "
                     "ignored (publish with a higher serial)")
@@ -125,14 +185,23 @@ class Content:
 
     def commit(self, manifest: Manifest, raw: bytes, etag: str | None = None) -> None:
         """Make `manifest` current and persist it (its serial is never accepted lower again)."""
+        try:
+            previous_raw = self._manifest_path.read_bytes()
+        except FileNotFoundError:
+            previous_raw = None
+        with self._lock:
+            was_set_aside = self._state.set_aside
+        if previous_raw is not None and was_set_aside is None:
+            atomic_write(self._previous_path, previous_raw)
         atomic_write(self._manifest_path, raw)
-        atomic_write(self._state_path, json.dumps({"serial": manifest.serial, "etag": etag}).encode())
+        state = _State(serial=manifest.serial, etag=etag)
+        atomic_write(self._state_path, state.to_json())
         with self._lock:
             self._manifest = manifest
-            self._last_serial = manifest.serial
-            self._etag = etag
+            self._state = state
             self._version += 1
         self._problems.resolve("manifest")
+        self._problems.resolve(SET_ASIDE_PROBLEM)
         # Problems about media and items the new manifest no longer has are no longer problems.
         self._problems.resolve_prefix("media:", keep={f"media:{m.id}" for m in manifest.media})
         self._problems.resolve_prefix("item:", keep={f"item:{i.id}" for i in manifest.items})
@@ -140,7 +209,7 @@ class Content:
                  len(manifest.items), len(manifest.media))
 
     def media_changed(self) -> None:
-        """Tell the player that more media became verified."""
+        """Tell the player that more media became verified (or went)."""
         with self._lock:
             self._version += 1
 
@@ -152,16 +221,22 @@ class Content:
         with self._lock:
             return Snapshot(self._manifest, self._store.verified(), self._version)
 
-    def _read_state(self) -> tuple[int | None, str | None]:
+    def _read_state(self) -> _State:
         try:
-            state = json.loads(self._state_path.read_text(encoding="utf-8"))
+            data: Any = json.loads(self._state_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return None, None
+            return _State()
         except (OSError, ValueError) as exc:
             # A torn state file cannot happen (atomic writes); a hand-edited one is reported.
             self._problems.report("state", f"{self._state_path} unreadable ({exc}); rollback check starts afresh")
-            return None, None
-        if not isinstance(state, dict):
-            return None, None
-        serial, etag = state.get("serial"), state.get("etag")
-        return (serial if isinstance(serial, int) else None), (etag if isinstance(etag, str) else None)
+            return _State()
+        if not isinstance(data, dict):
+            return _State()
+
+        def integer(key: str) -> int | None:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        etag = data.get("etag")
+        return _State(serial=integer("serial"), etag=etag if isinstance(etag, str) else None,
+                      set_aside=integer("set_aside"), previous_set_aside=data.get("previous_set_aside") is True)

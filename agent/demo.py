@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.config import ConfigError, load_config
-from agent.manifest import MANIFEST_PAYLOAD_TYPE, sign_envelope
+from agent.envelope import MANIFEST_PAYLOAD_TYPE, sign_envelope
 
 DEMO_DEVICE = "demo-board"
 

@@ -3,7 +3,9 @@ be, by a clean self-restart where not; an invalid edit is refused with `check-co
 the running config kept.
 
 Editors save by writing a new file and renaming it over the old one, so the folder is watched
-(watchdog) and events are filtered to the file's name; a burst of events is read once.
+(watchdog) and events are filtered to the file's name; a burst of events is read once. Edits are
+applied on the config thread ("config"): each target is thread-safe, and what the display thread
+owns is posted to it, so a slow MQTT goodbye never holds up a frame.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,37 @@ HOT_KEYS = {
     "display.power_on_command", "display.power_off_command", "mqtt.url", "mqtt.topic_prefix", "mqtt.keepalive_s",
     "mqtt.ca_file",
 }
+
+
+@dataclass(frozen=True)
+class LiveTargets:
+    """Where each hot key goes; main.py wires these to the running parts."""
+
+    poll_interval: Callable[[int], None]
+    report: Callable[[int, int, int], None]  # heartbeat_s, upload_s, batch_size
+    outbox_limits: Callable[[int, int], None]  # max_records, journal_days
+    display: Callable[[int, int, str], None]  # fps, crossfade_ms, splash_title (posted to the display thread)
+    power_commands: Callable[[str | None, str | None], None]
+    mqtt: Callable[[Config], None]
+    restart_in_place: Callable[[set[str]], None]
+
+
+def apply_edit(targets: LiveTargets, new: Config, changed: set[str]) -> bool:
+    """Apply a valid edit; True when it took effect live, False when it needs a restart in place."""
+    cold = changed - HOT_KEYS
+    if cold:
+        log.warning("config change to %s needs a fresh start: restarting in place", ", ".join(sorted(cold)))
+        targets.restart_in_place(cold)
+        return False
+    targets.poll_interval(new.source.poll_interval_s)
+    targets.report(new.report.heartbeat_interval_s, new.report.upload_interval_s, new.report.batch_size)
+    targets.outbox_limits(new.report.outbox_max_records, new.report.journal_days)
+    targets.display(new.display.fps, new.display.crossfade_ms, new.display.splash_title)
+    targets.power_commands(new.display.power_on_command, new.display.power_off_command)
+    if any(key.startswith("mqtt.") for key in changed):
+        targets.mqtt(new)
+    log.info("config applied without a restart: %s", ", ".join(sorted(changed)))
+    return True
 
 
 def changed_keys(old: Config, new: Config) -> set[str]:
@@ -58,6 +92,8 @@ class _Touched(FileSystemEventHandler):
 
 
 class ConfigWatcher:
+    name = "config"
+
     def __init__(self, path: Path, current: Callable[[], Config], apply: Callable[[Config, set[str]], None],
                  refuse: Callable[[list[str]], None], stop: threading.Event) -> None:
         self._path = path
@@ -72,8 +108,14 @@ class ConfigWatcher:
     def start(self) -> None:
         self._observer = start_watching(self._path.parent, _Touched(self._path.name, self._wake), "config-watch",
                                         recursive=False)
-        self._thread = threading.Thread(target=self._run, name="config", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        self._wake.set()
+
+    def health(self) -> dict[str, Any]:
+        return {"file": str(self._path)}
 
     def join(self, timeout: float) -> None:
         self._wake.set()
@@ -105,4 +147,7 @@ class ConfigWatcher:
         changed = changed_keys(self._current(), new)
         if changed:
             log.info("config changed: %s", ", ".join(sorted(changed)))
-            self._apply(new, changed)
+            try:
+                self._apply(new, changed)
+            except Exception:  # a target that fails must not end the watcher: the next edit is read too
+                log.exception("config edit could not be applied in full")

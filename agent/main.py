@@ -1,20 +1,22 @@
 """The composition root: builds every part, wires them, runs the display loop, stops cleanly.
 
-Threads: "MainThread" owns pygame and the player; "file-source" watches the content folder;
-"control-socket" answers technicians; "slide-prep" decodes images ahead of their turn. They talk
-to the display thread through one queue of work items, which also wakes it at once.
+Read `build` top to bottom: each part is made from parts made above it, and the whole is a frozen
+`Board`. The one back-reference (status, which reads almost everything, is needed by the command
+dispatcher built before it) is a lambda over a name bound later in `build`, and is marked.
+
+Threads (docs/design.md has the full table): MainThread owns pygame, the player and the screen;
+"disk-writer" commits records and small files; "http-source" or "file-source" fetches content;
+"reporter" posts heartbeats and records; "mqtt" carries commands; "control-socket" answers `ctl`;
+"config" applies edits; "screen-power" runs CEC; "slide-prep" and "video-decode" prepare pictures.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import datetime as dt
-import json
+import io
 import logging
 import os
-import queue
-import shutil
+import random
 import signal
 import sys
 import threading
@@ -28,499 +30,442 @@ from urllib.parse import unquote, urlsplit
 import pygame
 
 from agent import __version__, hardware, schedule
+from agent.alerts import ALERTS_FILE, AlertStore
 from agent.cache.store import MediaStore
 from agent.clock import Clock
 from agent.commands import CommandLog, RemoteCommands
-from agent.config import Config
+from agent.config import Config, config_warnings, storage_dir_problem
 from agent.content import Content
 from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer
+from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
-from agent.files import atomic_write
+from agent.envelope import load_trusted_keys
 from agent.health import Problems
-from agent.liveconfig import HOT_KEYS, ConfigWatcher
-from agent.manifest import DEFAULT_TIMEZONE, load_trusted_keys
-from agent.models import Alert, ScreenMode
+from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit
+from agent.loop import DisplayLoop, Inbox, ScreenState
+from agent.manifest import DEFAULT_TIMEZONE
+from agent.models import Alert, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
-from agent.sync.client import HttpClient
+from agent.service import Services
+from agent.startguard import StartGuard
+from agent.status import StatusBuilder, StatusParts
+from agent.sync.client import ClientSettings, HttpClient
 from agent.sync.filesource import FileSource
 from agent.sync.http import HttpSettings, HttpSource
-from agent.sync.mqtt import MqttLink, MqttSettings, broker_urls
+from agent.sync.mqtt import MqttLink, MqttSettings, MqttSlot, broker_urls
 from agent.sync.reporter import Reporter
 from agent.systemd import Notifier
+from agent.writer import DiskWriter
 
 log = logging.getLogger(__name__)
 
-JOIN_TIMEOUT_S = 5.0
-ALERTS_FILE = "alerts.json"
-HEARTBEAT_FIELDS = ("device", "sent_at", "agent_version", "uptime_s", "manifest_serial", "current_item", "screen_on",
-                    "alert_active", "cache", "disk_free_bytes", "outbox_pending", "last_sync_ok_at", "clock_offset_s",
-                    "errors")
-MAX_IDLE_WAIT_S = 0.5  # window events (close button) and the 1 s emergency rule need a pulse
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
 @dataclass
-class _Work:
-    run: Callable[[], Any]
-    future: concurrent.futures.Future[Any]
+class Lifecycle:
+    """The only mutable state of the composition root: the config in effect, and how the run ends."""
+
+    config: Config
+    stop: threading.Event
+    restart_requested: bool = False  # the `restart` command: exit for the service manager
+    exec_restart: bool = False  # a cold config edit: re-execute in place (same PID, unit stays active)
 
 
-class Agent:
-    """One running board."""
+@dataclass(frozen=True)
+class Board:
+    config: Config
+    lifecycle: Lifecycle
+    problems: Problems
+    clock: Clock
+    notifier: Notifier
+    store: MediaStore
+    content: Content
+    outbox: Outbox
+    writer: DiskWriter
+    guard: StartGuard
+    alerts: AlertStore
+    command_log: CommandLog
+    player: Player
+    renderer: Renderer
+    loop: DisplayLoop
+    client: HttpClient | None
+    source: FileSource | HttpSource
+    reporter: Reporter | None
+    mqtt: MqttSlot
+    power: ScreenPower
+    control: ControlServer
+    config_watcher: ConfigWatcher | None
+    status: StatusBuilder
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.started_mono = time.monotonic()
-        storage = Path(config.storage.dir)
-        self.storage = storage
-        self.stop = threading.Event()
-        self.restart_requested = False
-        self.problems = Problems()
-        self.clock = Clock()
-        self.store = MediaStore(storage / "media")
-        self.keys = load_trusted_keys(config.security.manifest_keys)  # for manifests and commands alike
-        self.content = Content(
-            storage, self.store, self.problems,
-            keys=self.keys,
-            device_id=config.device.id, groups=config.device.groups,
-        )
-        self.outbox = Outbox(storage / RECORDS_FILE, on_error=self._outbox_problem,
-                             max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
-        self.player = Player(self.content, self.outbox, self.problems)
-        self.renderer = Renderer(
-            DisplaySettings(
-                width=config.display.width, height=config.display.height, fullscreen=config.display.fullscreen,
-                fps=config.display.fps, crossfade_ms=config.display.crossfade_ms,
-                splash_title=config.display.splash_title, device_id=config.device.id,
-            ),
-            self.store,
-        )
-        self._inbox: queue.Queue[_Work | None] = queue.Queue()
-        self.client: HttpClient | None = None
-        self.reporter: Reporter | None = None
-        self.source = self._make_source()
-        self.dispatcher = Dispatcher(Actions(
-            post=self.post,
-            status=self.status,
-            add_alert=self._add_alert,
-            clear_alerts=self._clear_alerts,
-            set_screen_mode=self._set_screen_mode,  # type: ignore[arg-type]
-            screenshot_png=self.renderer.screenshot_png,
-            sync=self.request_sync,
-            restart=self.request_restart,
-            now=self.clock.now,
-        ))
-        self.control = ControlServer(Path(config.control.socket), self.dispatcher.handle, self.stop)
-        self.command_log = CommandLog(storage / "commands.sqlite")
-        self._mqtt_stop = threading.Event()  # its own, so a config edit can replace the link alone
-        self.mqtt = self._make_mqtt()
-        self.notifier = Notifier()
-        self.power = ScreenPower(resolve_command(config.display.power_on_command, CEC_ON),
-                                 resolve_command(config.display.power_off_command, CEC_OFF), self.stop)
-        self.config_watcher = ConfigWatcher(Path(config.path), lambda: self.config, self._config_edited,
-                                            self._config_refused, self.stop) if config.path else None
-        self.exec_restart = False  # a config edit that needs a fresh process: main.run() re-executes
-        self._started: list[Any] = []  # threads to join at the end, in reverse order
-        self._status_line_due = 0.0  # systemd's STATUS= is refreshed once a second, not per ticker frame
 
-    def _make_mqtt(self) -> MqttLink | None:
-        config = self.config
-        urls = broker_urls(config.mqtt.url)
-        if not urls:
-            return None
-        commands = RemoteCommands(self.dispatcher, self.command_log, self.keys, self.clock.now,
-                                  self._upload_screenshot if self.client is not None else None,
-                                  on_dropped=lambda count, why: self.problems.report(
-                                      "commands", f"{count} command(s) dropped; last: {why}"))
-        settings = MqttSettings(urls=urls, device_id=config.device.id, groups=config.device.groups, token=config.token(),
-                                topic_prefix=config.mqtt.topic_prefix, keepalive_s=config.mqtt.keepalive_s,
-                                ca_file=config.mqtt.ca_file)
-        link = MqttLink(settings, commands.handle, self.heartbeat, self._mqtt_stop,
-                        refresh_s=None if self.reporter is not None else config.report.heartbeat_interval_s)
-        if self.reporter is not None:
-            self.reporter.deliver_elsewhere = link.publish_status
-        return link
+def build(config: Config) -> Board:
+    """Every part, in dependency order. Nothing starts here; `run_board` starts them."""
+    storage = Path(config.storage.dir)
+    started = time.monotonic()
+    lifecycle = Lifecycle(config, threading.Event())
+    stop = lifecycle.stop
+    rng = random.Random()
+    problems = Problems()
+    clock = Clock(report=lambda problem: problems.report("clock", problem) if problem else problems.resolve("clock"))
+    notifier = Notifier()
+    keys = load_trusted_keys(config.security.manifest_keys)  # for manifests and commands alike
+    cache_limit = config.storage.cache_max_mb * 1024 * 1024
 
-    def _upload_screenshot(self, png: bytes, command_id: str) -> int:
-        """POST a PNG to the source (§2) for the `screenshot` command; returns its size."""
-        assert self.client is not None
-        url = f"{self.config.source.url.rstrip('/')}/devices/{self.config.device.id}/screenshots"
-        response = self.client.post(url, png, "image/png", 60, headers={"X-Command-Id": command_id})
-        if not 200 <= response.status_code < 300:
-            raise self.client.http_error(response, "screenshot")
-        return len(png)
+    store = MediaStore(storage / "media")
+    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups)
+    outbox = Outbox(storage / RECORDS_FILE, on_error=_problem_setter(problems, "outbox"),
+                    max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
+    writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
+    guard = StartGuard(storage / "starts.json")
+    alerts = AlertStore(storage / ALERTS_FILE, writer.write_file)
+    command_log = CommandLog(storage / "commands.sqlite")
+    player = Player(content, writer, problems)
 
-    # --- alerts survive a restart until they expire ------------------------------------------------
+    inbox = Inbox()
+    renderer = Renderer(
+        DisplaySettings(width=config.display.width, height=config.display.height, fullscreen=config.display.fullscreen,
+                        fps=config.display.fps, crossfade_ms=config.display.crossfade_ms,
+                        splash_title=config.display.splash_title, device_id=config.device.id),
+        store, PyAVBackend(), wake=inbox.wake)
+    power = ScreenPower(resolve_command(config.display.power_on_command, CEC_ON),
+                        resolve_command(config.display.power_off_command, CEC_OFF), stop)
+    loop = DisplayLoop(
+        inbox, renderer, player, problems, notifier, now=clock.now, screen_lit=power.set,
+        shown=lambda scene: _mark_shown(store, scene),
+        healthy=lambda: writer.call(guard.ended_well),
+        one_line_state=lambda state: _one_line_state(content, problems, state),
+        quit_on_escape=not config.display.fullscreen, request_stop=lambda: _request_stop(lifecycle, inbox),
+    )
 
-    def _add_alert(self, alert: Alert) -> None:
-        self.player.add_alert(alert)
-        self._save_alerts()
-        self._presence_changed()
+    def on_change() -> None:
+        inbox.wake()
+        mqtt.request_presence()  # `mqtt` is bound below, before any source thread starts
 
-    def _clear_alerts(self, alert_id: str | None) -> int:
-        cleared = self.player.clear_alerts(alert_id, self.clock.now(), time.monotonic())
-        self._save_alerts()
-        self._presence_changed()
-        return cleared
+    def prepare() -> bool:
+        return _restore(guard, content, alerts, loop, clock, problems)
 
-    def _set_screen_mode(self, mode: ScreenMode) -> None:
-        self.player.set_screen_mode(mode)
-        self._presence_changed()
+    def on_screen() -> set[str]:
+        return _media_on_screen(content, player)
 
-    def _presence_changed(self) -> None:
-        if self.mqtt is not None:
-            self.mqtt.request_presence()
+    client: HttpClient | None = None
+    reporter: Reporter | None = None
+    url = urlsplit(config.source.url)
+    source: FileSource | HttpSource
+    if url.scheme == "file":
+        source = FileSource(Path(unquote(url.path)), content, store, problems, stop, on_change,
+                            cache_limit_bytes=cache_limit, on_screen=on_screen, prepare=prepare)
+    else:
+        settings = HttpSettings(base_url=config.source.url, device_id=config.device.id, token=config.token(),
+                                ca_file=config.source.ca_file, poll_interval_s=config.source.poll_interval_s,
+                                cache_limit_bytes=cache_limit, user_agent=f"bangtin-agent/{__version__}")
+        client = HttpClient(ClientSettings(settings.base_url, settings.token, settings.ca_file, settings.user_agent),
+                            clock.set_offset)
+        source = HttpSource(settings, content, store, problems, stop, on_change,
+                            media_order=lambda manifest: schedule.media_in_order_of_need(
+                                manifest, clock.now(), player.current_item_id),
+                            client=client, rng=rng, on_screen=on_screen, prepare=prepare)
 
-    def _save_alerts(self) -> None:
-        alerts = [{"id": a.id, "title": a.title, "body": a.body, "until": a.until.isoformat()}
-                  for a in self.player.active_alerts()]
+    dispatcher = Dispatcher(Actions(
+        on_display=loop.post,
+        status=lambda: status.status().to_json(),  # `status` is bound at the end of build
+        add_alert=lambda alert: _add_alert(player, alerts, alert, mqtt),
+        clear_alerts=lambda alert_id: _clear_alerts(player, alerts, clock, alert_id, mqtt),
+        set_screen_mode=lambda mode: _set_screen_mode(player, mode, mqtt),  # type: ignore[arg-type]
+        screenshot_png=lambda: _png(loop.post(loop.screenshot).result(timeout=10)),
+        sync=source.request_sync,
+        restart=lambda: _request_restart(lifecycle, inbox),
+        now=clock.now,
+    ))
+    upload = _screenshot_uploader(client, config) if client is not None else None
+    commands = RemoteCommands(dispatcher, command_log, keys, clock.now, upload,
+                              on_dropped=lambda count, why: problems.report("commands", f"{count} command(s) dropped; "
+                                                                                        f"last: {why}"),
+                              device_id=config.device.id, groups=config.device.groups)
+
+    def make_link(mqtt_settings: MqttSettings, link_stop: threading.Event) -> MqttLink:
+        return MqttLink(mqtt_settings, commands.handle, lambda: status.heartbeat().to_json(), link_stop, rng,
+                        refresh_s=None if client is not None else config.report.heartbeat_interval_s,
+                        on_refused=commands.drop)
+
+    mqtt = MqttSlot(make_link, _mqtt_settings(config), stop)
+    if client is not None:
+        reporter = Reporter(
+            client, device_url=f"{config.source.url.rstrip('/')}/devices/{config.device.id}",
+            device_id=config.device.id, outbox=outbox, heartbeat=lambda: status.heartbeat().to_json(),
+            problems=problems, stop=stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
+            upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
+            today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng)
+    control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
+    status = StatusBuilder(StatusParts(
+        device_id=config.device.id, source_url=config.source.url, storage_dir=storage, cache_limit_bytes=cache_limit,
+        started_mono=started, now=clock.now, clock_offset=lambda: clock.offset_s,
+        screen=lambda: loop.state, manifest_and_verified=lambda: _manifest_and_verified(content),
+        cache_bytes=store.bytes_used, records_pending=lambda: outbox.pending() + writer.pending_records(),
+        records_summarised=outbox.summarised, errors=problems.current, source=source, reporter=reporter,
+        mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
+        storage=writer.health, readings=hardware.readings,
+    ))
+    targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
+    config_watcher = ConfigWatcher(
+        Path(config.path), lambda: lifecycle.config,
+        lambda new, changed: _apply_edit(lifecycle, targets, new, changed),
+        lambda found: _config_refused(problems, found), stop) if config.path else None
+    return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
+                 command_log, player, renderer, loop, client, source, reporter, mqtt, power, control, config_watcher,
+                 status)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run_board(board: Board) -> int:
+    """Play until SIGTERM/SIGINT, a window close or a restart; 0 after a clean stop."""
+    config, lifecycle = board.config, board.lifecycle
+    storage = Path(config.storage.dir)
+    storage.mkdir(mode=0o750, parents=True, exist_ok=True)
+    board.store.open()
+    board.outbox.open()
+    board.command_log.open()
+    board.control.open()
+    previous_handlers = _install_signals(lifecycle, board.loop.inbox)
+    services = Services()
+    clean = False
+    try:
         try:
-            atomic_write(self.storage / ALERTS_FILE, json.dumps(alerts, ensure_ascii=False).encode())
-        except OSError as exc:
-            self.problems.report("alerts", f"active alerts not saved ({exc.strerror}): they end with a restart")
-
-    def _restore_alerts(self) -> None:
-        try:
-            saved = json.loads((self.storage / ALERTS_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            self.problems.report("alerts", f"{ALERTS_FILE} unreadable ({exc}); no alert restored")
-            return
-        now = self.clock.now()
-        for entry in saved if isinstance(saved, list) else []:
-            try:
-                alert = Alert(str(entry["id"]), str(entry["title"]), str(entry["body"]),
-                              dt.datetime.fromisoformat(entry["until"]))
-            except (KeyError, TypeError, ValueError):
-                continue
-            if alert.until > now:
-                self.player.add_alert(alert)
-
-    def _make_source(self) -> FileSource | HttpSource:
-        config = self.config
-        url = urlsplit(config.source.url)
-        if url.scheme == "file":
-            return FileSource(Path(unquote(url.path)), self.content, self.store, self.problems, self.stop,
-                              self.content_changed)
-        settings = HttpSettings(
-            base_url=config.source.url, device_id=config.device.id, token=config.token(), ca_file=config.source.ca_file,
-            poll_interval_s=config.source.poll_interval_s, cache_limit_bytes=config.storage.cache_max_mb * 1024 * 1024,
-            user_agent=f"bangtin-agent/{__version__}",
-        )
-        self.client = HttpClient(settings.client_settings(), self.clock.set_offset)
-        self.reporter = Reporter(
-            self.client, device_url=f"{config.source.url.rstrip('/')}/devices/{config.device.id}",
-            device_id=config.device.id, outbox=self.outbox, heartbeat=self.heartbeat, problems=self.problems,
-            stop=self.stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
-            upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size, today=self.today,
-        )
-        return HttpSource(
-            settings, self.content, self.store, self.problems, self.stop, self.content_changed,
-            set_clock_offset=self.clock.set_offset,
-            media_order=lambda manifest: schedule.media_in_order_of_need(manifest, self.clock.now(),
-                                                                         self.player.current_item_id),
-            client=self.client,
-        )
-
-    def _outbox_problem(self, message: str | None) -> None:
-        if message is None:
-            self.problems.resolve("outbox")
-        else:
-            self.problems.report("outbox", message)
-
-    # --- cross-thread entry points ---------------------------------------------------------------
-
-    def post(self, work: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        """Run `work` on the display thread at its next turn (at once: the put wakes it)."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._inbox.put(_Work(work, future))
-        return future
-
-    def wake(self) -> None:
-        self._inbox.put(None)
-
-    def content_changed(self) -> None:
-        """A source made new content current or verified media: redraw, and tell the province."""
-        self.wake()
-        if self.mqtt is not None:
-            self.mqtt.request_presence()
-
-    def request_sync(self) -> None:
-        self.source.request_sync()
-
-    def request_restart(self) -> None:
-        self.restart_requested = True
-        self.request_stop()
-
-    def request_stop(self) -> None:
-        self.stop.set()
-        self._mqtt_stop.set()
-        self.wake()
-
-    def today(self) -> str:
-        """The local date (manifest's zone) for journal pruning."""
-        manifest = self.content.current()
-        zone = schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)
-        return self.clock.now().astimezone(zone).date().isoformat()
-
-    def heartbeat(self) -> dict[str, Any]:
-        """The §6 heartbeat: required fields, what the hardware tells, nothing else (it is paid per byte)."""
-        status = self.post(self.status).result(timeout=10)
-        beat = {key: status[key] for key in HEARTBEAT_FIELDS}
-        beat.update(hardware.readings())
-        summarised = self.outbox.summarised()
-        if summarised:
-            beat["outbox_summarised"] = summarised  # records folded into daily summaries by the cap
-        return beat
-
-    # --- status ------------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        """Heartbeat fields (§6) available at this stage, plus local details. Display thread."""
-        snapshot = self.content.snapshot()
-        manifest = snapshot.manifest
-        wanted = {m.sha256: m.size for m in manifest.media} if manifest else {}
-        missing = [sha for sha in wanted if sha not in snapshot.verified_sha256]
-        cache_bytes = self.store.bytes_used()
-        first = self.renderer.first_frame_mono
-        return {
-            "device": self.config.device.id,
-            "sent_at": self.clock.now().isoformat(timespec="seconds"),
-            "agent_version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_mono),
-            "manifest_serial": manifest.serial if manifest else None,
-            **self.player.status(),
-            "cache": {"bytes_used": cache_bytes, "bytes_limit": self.config.storage.cache_max_mb * 1024 * 1024,
-                      "media_missing": len(missing)},
-            "disk_free_bytes": shutil.disk_usage(self.storage).free,
-            "outbox_pending": self.outbox.pending(),
-            "last_sync_ok_at": _iso(self.source.last_sync_ok_at),
-            "sync": self.source.status(),
-            "report": self.reporter.status() if self.reporter is not None else None,
-            "mqtt": self.mqtt.status() if self.mqtt is not None else None,
-            "clock_offset_s": round(self.clock.offset_s, 3),
-            "errors": self.problems.current(),
-            "source": self.config.source.url,
-            "alerts": [{"id": a.id, "title": a.title, "until": a.until.isoformat()} for a in self.player.active_alerts()],
-            "display": {
-                "driver": pygame.display.get_driver() if pygame.display.get_init() else None,
-                "size": list(self.renderer.size),
-                "frames": self.renderer.frames,
-                "first_frame_s": round(first - self.started_mono, 3) if first is not None else None,
-                "frame_ms": self.renderer.frame_cost_summary(),
-                "scene_shown_mono": self.renderer.scene_shown_mono,  # CLOCK_MONOTONIC, for latency benchmarks
-                "video": self.renderer.video_stats(),
-            },
-        }
-
-    # --- running -----------------------------------------------------------------------------
-
-    def run(self) -> int:
-        """Play until SIGTERM/SIGINT or a window close; 0 after a clean stop."""
-        self.storage.mkdir(parents=True, exist_ok=True)
-        self.store.open()
-        self.outbox.open()
-        self.command_log.open()
-        self.control.open()
-        previous_handlers = self._install_signals()
-        started: list[Any] = self._started
-        try:
-            try:
-                self.renderer.open()
-            except pygame.error as exc:
-                driver = os.environ.get("SDL_VIDEODRIVER", "SDL's default")
-                log.error("cannot open the display with %s driver: %s (on a board console set SDL_VIDEODRIVER=kmsdrm "
-                          "and give the user the video and render groups)", driver, exc)
-                return 1
-            # A first frame before anything slow: the splash, never a dark screen.
-            self._step()
-            self.notifier.ready("splash on screen, loading content")
-            self.content.restore()
-            self._restore_alerts()
-            if not self.config.security.manifest_keys:
-                log.warning("no security.manifest_keys configured: unsigned manifests are accepted (development only)")
-            self.control.start()
-            started.append(self.control)
-            self.source.start()
-            started.append(self.source)
-            if self.reporter is not None:
-                self.reporter.start()
-                started.append(self.reporter)
-            if self.mqtt is not None:
-                self.mqtt.start()
-                started.append(self.mqtt)
-            self.power.start()
-            started.append(self.power)
-            if self.config_watcher is not None:
-                self.config_watcher.start()
-                started.append(self.config_watcher)
-            self._loop()
-        finally:
-            self.notifier.stopping()
-            self.player.shutdown(self.clock.now(), time.monotonic())
-            self.stop.set()
-            self._mqtt_stop.set()
-            for part in reversed(started):
-                part.join(JOIN_TIMEOUT_S)
-                if part.is_alive() and getattr(part, "blocked_in_network_io", lambda: False)():
-                    log.info("%s is still waiting on the network; it ends with the process", type(part).__name__)
-                elif part.is_alive():
-                    log.error("bug: thread of %s still alive at exit", type(part).__name__)
-            self._fail_pending_work()
-            self.renderer.close()
-            self.outbox.close()
-            self.command_log.close()
-            if self.client is not None and not any(p.is_alive() for p in started):
-                self.client.close()
-            self._restore_signals(previous_handlers)
-        log.info("stopped cleanly%s", " (restart requested)" if self.restart_requested else "")
-        return 0
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            deadline = self._step()
-            timeout = max(0.0, min(deadline - time.monotonic(), MAX_IDLE_WAIT_S))
-            try:
-                item = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                continue
-            self._run_work(item)
-            while True:  # drain what else arrived, then draw once
-                try:
-                    self._run_work(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-
-    def _run_work(self, item: _Work | None) -> None:
-        if item is None:
-            return
-        try:
-            item.future.set_result(item.run())
-        except Exception as exc:  # noqa: BLE001 — the caller gets the error; the board plays on
-            item.future.set_exception(exc)
-
-    def _step(self) -> float:
-        """Decide and draw once; returns the monotonic time of the next change."""
-        for event in pygame.event.get():
-            if event.type == pygame.QUIT or (event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE
-                                             and not self.config.display.fullscreen):
-                self.request_stop()
-        for _ in range(8):  # items that fail to load are skipped at once, a few per step at most
-            now, mono = self.clock.now(), time.monotonic()
-            scene = self.player.update(now, mono)
-            frame = self.renderer.render(scene, now, mono)
-            if frame.notice is not None and scene.item is not None:
-                self.problems.report(f"video:{scene.item.id}", f"video {scene.item.id} {frame.notice}")
-            if frame.finished_showing is not None:
-                self.player.finished(frame.finished_showing, now, mono)
-                continue
-            if frame.failed_showing is None:
-                break
-            self.player.item_failed(frame.failed_showing, frame.failure, now, mono)
-        # Only a loop that gets here pings systemd: a frozen renderer gets the board restarted.
-        self.notifier.watchdog()
-        lit = self.player.screen_on
-        self.power.set(lit)
-        mono = time.monotonic()
-        if mono >= self._status_line_due:
-            self._status_line_due = mono + 1.0
-            self.notifier.status(self._one_line_state(lit))
-        ends = self.player.ends_at()
-        return min(frame.next_change, ends if ends is not None else frame.next_change)
-
-    def _one_line_state(self, lit: bool) -> str:
-        manifest = self.content.current()
-        item = self.player.current_item_id
-        problems = len(self.problems.current())
-        return (f"serial {manifest.serial if manifest else '-'}, "
-                f"{'ALERT' if self.player.alert_active else (item or 'splash') if lit else 'screen off'}, "
-                f"{problems} problem(s)")
-
-    # --- live config ---------------------------------------------------------------------------
-
-    def _config_refused(self, problems: list[str]) -> None:
-        self.problems.report("config", f"config edit refused, running config kept ({len(problems)} problem(s)): "
-                                       f"{problems[0]}")
-
-    def _config_edited(self, new: Config, changed: set[str]) -> None:
-        """From the config thread: applied on the display thread, which owns what changes."""
-        self.post(lambda: self.apply_config(new, changed))
-
-    def apply_config(self, new: Config, changed: set[str]) -> None:
-        self.problems.resolve("config")
-        cold = changed - HOT_KEYS
-        if cold:
-            log.warning("config change to %s needs a fresh start: restarting cleanly", ", ".join(sorted(cold)))
-            self.exec_restart = True
-            self.request_stop()
-            return
-        self.config = new
-        if isinstance(self.source, HttpSource):
-            self.source.settings = dataclasses.replace(self.source.settings, poll_interval_s=new.source.poll_interval_s)
-        if self.reporter is not None:
-            self.reporter.set_intervals(new.report.heartbeat_interval_s, new.report.upload_interval_s,
-                                        new.report.batch_size)
-        self.outbox.max_records, self.outbox.journal_days = new.report.outbox_max_records, new.report.journal_days
-        self.renderer.settings = dataclasses.replace(self.renderer.settings, fps=new.display.fps,
-                                                     crossfade_ms=new.display.crossfade_ms,
-                                                     splash_title=new.display.splash_title)
-        self.renderer.invalidate()
-        self.power.set_commands(resolve_command(new.display.power_on_command, CEC_ON),
-                                resolve_command(new.display.power_off_command, CEC_OFF))
-        if any(key.startswith("mqtt.") for key in changed):
-            self._replace_mqtt()
-        log.info("config applied without a restart")
-
-    def _replace_mqtt(self) -> None:
-        old = self.mqtt
-        if old is not None:
-            self._mqtt_stop.set()
-            old.join(JOIN_TIMEOUT_S)
-            self._started.remove(old)
-        self._mqtt_stop = threading.Event()
-        self.mqtt = self._make_mqtt()
-        if self.mqtt is not None:
-            self.mqtt.start()
-            self._started.append(self.mqtt)
-        elif self.reporter is not None:
-            self.reporter.deliver_elsewhere = lambda beat: False
-
-    def _fail_pending_work(self) -> None:
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                item.future.set_exception(RuntimeError("the agent is stopping"))
-
-    def _install_signals(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: self.request_stop())
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: dict[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _iso(unix_time: float | None) -> str | None:
-    if unix_time is None:
-        return None
-    return dt.datetime.fromtimestamp(unix_time, dt.UTC).isoformat(timespec="seconds")
+            board.renderer.open()
+        except pygame.error as exc:
+            driver = os.environ.get("SDL_VIDEODRIVER", "SDL's default")
+            log.error("cannot open the display with %s driver: %s (on a board console set SDL_VIDEODRIVER=kmsdrm "
+                      "and give the user the video and render groups)", driver, exc)
+            return EXIT_FAIL
+        # A first frame before anything slow: the splash, never a dark screen.
+        board.loop.safe_step()
+        board.notifier.ready("splash on screen, loading content")
+        for warning in config_warnings(config):
+            log.warning("%s", warning)
+        services.start(board.writer)
+        for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher):
+            if part is not None:
+                services.start(part)
+        board.loop.run(lifecycle.stop)
+        clean = True
+    finally:
+        if not lifecycle.exec_restart:
+            board.notifier.stopping()  # a re-exec keeps the unit active: READY comes again from the new process
+        board.player.shutdown(board.clock.now(), time.monotonic())
+        lifecycle.stop.set()
+        if clean:
+            board.writer.call(board.guard.ended_well)
+        services.stop_all()
+        board.loop.inbox.fail_pending()
+        board.renderer.close()
+        board.outbox.close()
+        board.command_log.close()
+        if board.client is not None and not board.source.is_alive() and not (board.reporter and board.reporter.is_alive()):
+            board.client.close()
+        _restore_signals(previous_handlers)
+    log.info("stopped cleanly%s", " (restart requested)" if lifecycle.restart_requested else "")
+    return EXIT_OK
 
 
 def run(config: Config) -> int:
     """Build the agent from a validated config and play until stopped."""
+    problem = storage_dir_problem(config.storage.dir)
+    if problem:
+        log.error("storage.dir: %s", problem)
+        return EXIT_CONFIG
     log.info("bangtin-agent %s starting as %s (pid %d)", __version__, config.device.id, os.getpid())
-    agent = Agent(config)
-    code = agent.run()
-    if agent.exec_restart and code == 0:
-        # Same PID (systemd keeps tracking it), fresh process with the new config.
-        os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]])
+    board = build(config)
+    code = run_board(board)
+    if board.lifecycle.exec_restart and code == EXIT_OK:
+        # Same PID (systemd keeps tracking it), fresh process with the new config. -P: the
+        # current directory never joins the import path (a planted agent/ there cannot run).
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "agent", *sys.argv[1:]])
     return code
+
+
+# --- what the parts ask of each other -----------------------------------------------------------
+
+
+def _restore(guard: StartGuard, content: Content, alerts: AlertStore, loop: DisplayLoop, clock: Clock,
+             problems: Problems) -> bool:
+    """On the source's thread before its first sync: content and alerts back from disk. True = poll
+    now (something was set aside after failed starts: the province can correct it at once)."""
+    set_aside = guard.begin()
+    manifest = content.restore(set_aside=set_aside)
+    if set_aside:
+        problems.report("alerts", "stored alerts set aside after 3 failed starts")
+    else:
+        restored, problem = alerts.load(clock.now())
+        if problem:
+            problems.report("alerts", problem)
+        for alert in restored:
+            loop.post(lambda alert=alert: loop.player.add_alert(alert))  # type: ignore[misc]
+    loop.wake()
+    if manifest is not None:
+        content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
+        loop.wake()
+    return set_aside
+
+
+def _mark_shown(store: MediaStore, scene: Scene) -> None:
+    media = scene.manifest.media_by_id(scene.item.media) if scene.manifest and scene.item else None
+    if media is not None:
+        store.touch(media.sha256)
+
+
+def _media_on_screen(content: Content, player: Player) -> set[str]:
+    manifest = content.current()
+    item = manifest.item_by_id(player.current_item_id) if manifest is not None else None
+    media = manifest.media_by_id(item.media) if manifest is not None and item is not None else None
+    logo = manifest.media_by_id(manifest.layout.logo) if manifest is not None else None
+    return {m.sha256 for m in (media, logo) if m is not None}
+
+
+def _manifest_and_verified(content: Content) -> tuple[Any, frozenset[str]]:
+    snapshot = content.snapshot()
+    return snapshot.manifest, snapshot.verified_sha256
+
+
+def _add_alert(player: Player, alerts: AlertStore, alert: Alert, mqtt: MqttSlot) -> None:
+    player.add_alert(alert)
+    alerts.save(player.active_alerts())
+    mqtt.request_presence()
+
+
+def _clear_alerts(player: Player, alerts: AlertStore, clock: Clock, alert_id: str | None, mqtt: MqttSlot) -> int:
+    cleared = player.clear_alerts(alert_id, clock.now(), time.monotonic())
+    alerts.save(player.active_alerts())
+    mqtt.request_presence()
+    return cleared
+
+
+def _set_screen_mode(player: Player, mode: ScreenMode, mqtt: MqttSlot) -> None:
+    player.set_screen_mode(mode)
+    mqtt.request_presence()
+
+
+def _png(surface: pygame.Surface) -> bytes:
+    """Encoded on the asking thread: a 1080p PNG costs tens of milliseconds the display must not spend."""
+    buffer = io.BytesIO()
+    pygame.image.save(surface, buffer, "screen.png")
+    return buffer.getvalue()
+
+
+def _screenshot_uploader(client: HttpClient, config: Config) -> Callable[[bytes, str], int]:
+    def upload(png: bytes, command_id: str) -> int:
+        """POST a PNG to the source (§2) for the `screenshot` command; returns its size."""
+        url = f"{config.source.url.rstrip('/')}/devices/{config.device.id}/screenshots"
+        reply = client.post(url, png, "image/png", 60, headers={"X-Command-Id": command_id})
+        if not 200 <= reply.status_code < 300:
+            raise client.http_error(reply, "screenshot")
+        return len(png)
+    return upload
+
+
+def _mqtt_settings(config: Config) -> MqttSettings | None:
+    urls = broker_urls(config.mqtt.url)
+    if not urls:
+        return None
+    return MqttSettings(urls=urls, device_id=config.device.id, groups=config.device.groups, token=config.token(),
+                        topic_prefix=config.mqtt.topic_prefix, keepalive_s=config.mqtt.keepalive_s,
+                        ca_file=config.mqtt.ca_file)
+
+
+def _today(content: Content, clock: Clock) -> str:
+    """The local date (manifest's zone) for journal pruning."""
+    manifest = content.current()
+    return clock.now().astimezone(schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)).date().isoformat()
+
+
+def _display_status(renderer: Renderer, started: float) -> dict[str, Any]:
+    first = renderer.first_frame_mono
+    return {"driver": renderer.driver, "size": list(renderer.size), "frames": renderer.frames,
+            "first_frame_s": round(first - started, 3) if first is not None else None,
+            "scene_shown_mono": renderer.scene_shown_mono}  # CLOCK_MONOTONIC, for latency benchmarks
+
+
+def _one_line_state(content: Content, problems: Problems, state: ScreenState) -> str:
+    manifest = content.current()
+    shown = "ALERT" if state.alert_active else (state.current_item or "splash") if state.screen_on else "screen off"
+    return f"serial {manifest.serial if manifest else '-'}, {shown}, {len(problems.current())} problem(s)"
+
+
+def _problem_setter(problems: Problems, key: str) -> Callable[[str | None], None]:
+    return lambda message: problems.report(key, message) if message else problems.resolve(key)
+
+
+def _file_problem(problems: Problems, path: Path, exc: OSError | None) -> None:
+    key = f"file:{path.name}"
+    if exc is None:
+        problems.resolve(key)
+    else:
+        problems.report(key, f"{path} not saved ({exc.strerror or exc}); it is kept in memory only")
+
+
+def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpSource, reporter: Reporter | None,
+                  outbox: Outbox, loop: DisplayLoop, renderer: Renderer, power: ScreenPower,
+                  mqtt: MqttSlot) -> LiveTargets:
+    def poll_interval(seconds: int) -> None:
+        if isinstance(source, HttpSource):
+            source.settings = dataclasses.replace(source.settings, poll_interval_s=seconds)
+
+    def report(heartbeat_s: int, upload_s: int, batch: int) -> None:
+        if reporter is not None:
+            reporter.set_intervals(heartbeat_s, upload_s, batch)
+
+    def outbox_limits(max_records: int, journal_days: int) -> None:
+        outbox.max_records, outbox.journal_days = max_records, journal_days
+
+    def display(fps: int, crossfade_ms: int, splash_title: str) -> None:
+        def change() -> None:
+            renderer.settings = dataclasses.replace(renderer.settings, fps=fps, crossfade_ms=crossfade_ms,
+                                                    splash_title=splash_title)
+            renderer.invalidate()
+        loop.post(change)
+
+    def power_commands(on: str | None, off: str | None) -> None:
+        power.set_commands(resolve_command(on, CEC_ON), resolve_command(off, CEC_OFF))
+
+    def restart_in_place(keys: set[str]) -> None:
+        lifecycle.exec_restart = True
+        _request_stop(lifecycle, inbox)
+
+    return LiveTargets(poll_interval, report, outbox_limits, display, power_commands,
+                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place)
+
+
+def _apply_edit(lifecycle: Lifecycle, targets: LiveTargets, new: Config, changed: set[str]) -> None:
+    if apply_edit(targets, new, changed):
+        lifecycle.config = new
+
+
+def _config_refused(problems: Problems, found: list[str]) -> None:
+    problems.report("config", f"config edit refused, running config kept ({len(found)} problem(s)): {found[0]}")
+
+
+def _request_stop(lifecycle: Lifecycle, inbox: Inbox) -> None:
+    lifecycle.stop.set()
+    inbox.wake()
+
+
+def _request_restart(lifecycle: Lifecycle, inbox: Inbox) -> None:
+    lifecycle.restart_requested = True
+    _request_stop(lifecycle, inbox)
+
+
+def _install_signals(lifecycle: Lifecycle, inbox: Inbox) -> dict[int, Any]:
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, lambda *_: _request_stop(lifecycle, inbox))
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+

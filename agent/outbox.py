@@ -4,10 +4,14 @@ A record is written once, when its showing ends, and stays: `uploaded` flips to 
 acknowledged its batch, so the outbox is `uploaded = 0` and the journal (for `bangtin-agent report`)
 is every row until it is older than `journal_days`.
 
-Durability: each record is committed when its showing ends, with `synchronous=FULL` in WAL mode,
-so a showing that ended is on disk before `add` returns — across kill -9 and power cuts alike.
-Records that end together share one transaction; uploads mark a whole batch in one transaction.
-Delaying commits to batch more would save card writes but lose exactly the records a crash hits.
+Durability: `add` commits in one transaction with `synchronous=FULL` in WAL mode, so the records
+are on disk when it returns — across kill -9 and power cuts alike. In the agent, `add` is called by
+the disk writer (agent/writer.py), which groups whatever records arrived during the previous
+commit into the next one, off the display thread. Uploads mark a whole batch in one transaction.
+
+The schema is versioned (`PRAGMA user_version`): 0 is the v1 layout (the same tables), 1 the
+current one; opening a database upgrades it in place, and older readers (`bangtin-agent report`
+of an earlier release) still read its tables.
 
 Bounded: beyond `max_records` rows, the oldest are folded into per-item-per-day summaries (count,
 completed, total duration, first/last) instead of being dropped; `summarised` says how many were.
@@ -60,6 +64,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 RECORDS_FILE = "outbox.sqlite"  # in storage.dir: outbox and journal
+SCHEMA_VERSION = 1
 DEFAULT_MAX_RECORDS = 90 * 24 * 360  # 90 days of 10-second items
 DEFAULT_JOURNAL_DAYS = 400  # a year and a month: the commune's yearly report is due before 20/12
 
@@ -89,6 +94,12 @@ class Outbox:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            log.warning("%s has schema version %d, newer than this agent's %d: reading it as version %d",
+                        self.path, version, SCHEMA_VERSION, SCHEMA_VERSION)
+        elif version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # v1 (0) → 1: the same tables
         self._db = db
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """The playback state machine: which showing is on, when it ends, and its proof of play.
 
 Driven by the display loop: `update(now, mono)` applies the schedule's choice and returns the
-Scene to draw. Pure of I/O except the outbox, which receives one PlayRecord per showing when the
-showing ends (completed or cut short: preempted, error, screen_off, shutdown, manifest_changed).
-Every call happens on the display thread; the control dispatcher posts its changes there too.
+Scene to draw. Pure of I/O: one PlayRecord per showing goes to the record sink when the showing
+ends (completed or cut short: preempted, error, screen_off, shutdown, manifest_changed); in the
+agent that sink is the disk writer, which commits off the display thread. Every call happens on
+the display thread; the control dispatcher posts its changes there too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from agent.models import Alert, Item, Manifest, PlayRecord, Scene, ScreenMode
 log = logging.getLogger(__name__)
 
 RETRY_FAILED_ITEM_S = 300.0  # an item that failed to load is skipped this long, then tried again
+TICKER_EVERY_S = 1.0  # which ticker lines are active is decided once a second, not per frame
 
 
 class SnapshotSource(Protocol):
@@ -65,6 +67,13 @@ class Player:
         self._retry_after: dict[str, float] = {}
         self._screen_on = True
         self._upcoming: Item | None = None
+        self._manifest_serial: int | None = None
+        self._choice_key: object = None
+        self._choice: schedule.Choice | None = None
+        self._ticker_due = 0.0
+        self._ticker_key: object = None
+        self._ticker_manifest: Manifest | None = None
+        self._ticker_text = ""
 
     # --- commands (display thread) ---------------------------------------------------------
 
@@ -149,18 +158,20 @@ class Player:
 
     # --- the decision ------------------------------------------------------------------------
 
+    @property
+    def manifest_serial(self) -> int | None:
+        """The serial of the manifest the last decision was made with (what the screen shows)."""
+        return self._manifest_serial
+
     def update(self, now: dt.datetime, mono: float) -> Scene:
         snapshot = self._content.snapshot()
+        self._manifest_serial = snapshot.manifest.serial if snapshot.manifest is not None else None
         self._expire_alerts(now, mono)
         unplayable = {item_id for item_id, until in self._retry_after.items() if until > mono}
         for item_id in [i for i, until in self._retry_after.items() if until <= mono]:
             del self._retry_after[item_id]
             self._problems.resolve(f"item:{item_id}")
-        choice = schedule.choose(
-            snapshot.manifest, snapshot.verified_sha256, now,
-            last_item_id=self._last_item_id, unplayable=unplayable,
-            alerts=self._alerts, screen_mode=self._screen_mode,
-        )
+        choice = self._choose(snapshot, now, unplayable)
         self._screen_on = choice.screen_on
         self._settle_current(snapshot, choice, now, mono)
         if self._showing is None:
@@ -169,12 +180,22 @@ class Player:
             elif choice.screen_on and choice.item is not None:
                 self._start(now, mono, snapshot.manifest, item=choice.item)
                 # With the new item on, the rule names the one after it: prepare that ahead.
-                choice = schedule.choose(
-                    snapshot.manifest, snapshot.verified_sha256, now,
-                    last_item_id=self._last_item_id, unplayable=unplayable,
-                    alerts=self._alerts, screen_mode=self._screen_mode,
-                )
-        return self._scene(snapshot.manifest, choice, now)
+                choice = self._choose(snapshot, now, unplayable)
+        return self._scene(snapshot.manifest, choice, now, mono)
+
+    def _choose(self, snapshot: Snapshot, now: dt.datetime, unplayable: set[str]) -> schedule.Choice:
+        """The rule's choice; evaluated again only when an input changes or a new second begins
+        (windows are minutes, instants are seconds), not for every ticker frame."""
+        key = (snapshot.version, id(snapshot.manifest), frozenset(unplayable), self._last_item_id, self._screen_mode,
+               tuple(self._alerts), int(now.timestamp()))
+        if key != self._choice_key or self._choice is None:
+            self._choice_key = key
+            self._choice = schedule.choose(
+                snapshot.manifest, snapshot.verified_sha256, now,
+                last_item_id=self._last_item_id, unplayable=unplayable,
+                alerts=self._alerts, screen_mode=self._screen_mode,
+            )
+        return self._choice
 
     def _settle_current(self, snapshot: Snapshot, choice: schedule.Choice, now: dt.datetime, mono: float) -> None:
         """End the current showing if the choice, the manifest or its duration says so."""
@@ -255,8 +276,21 @@ class Player:
         )
         self._outbox.add([record])
 
-    def _scene(self, manifest: Manifest | None, choice: schedule.Choice, now: dt.datetime) -> Scene:
-        ticker = " \u2022 ".join(line.text for line in schedule.active_ticker(manifest, now))
+    def _ticker(self, manifest: Manifest | None, now: dt.datetime, mono: float) -> str:
+        """The active ticker lines joined; the same string object while they stay the same, so the
+        renderer sees "unchanged" without comparing a long text every frame."""
+        if mono < self._ticker_due and self._ticker_manifest is manifest:
+            return self._ticker_text
+        self._ticker_due, self._ticker_manifest = mono + TICKER_EVERY_S, manifest
+        lines = schedule.active_ticker(manifest, now)
+        key = (id(manifest), tuple(line.id for line in lines))
+        if key != self._ticker_key:
+            self._ticker_key = key
+            self._ticker_text = " \u2022 ".join(line.text for line in lines)
+        return self._ticker_text
+
+    def _scene(self, manifest: Manifest | None, choice: schedule.Choice, now: dt.datetime, mono: float) -> Scene:
+        ticker = self._ticker(manifest, now, mono)
         showing = self._showing
         if showing is not None and showing.alert is not None:
             return Scene("alert", manifest, alert=showing.alert, showing_id=showing.id)

@@ -31,6 +31,8 @@ def resolve_command(configured: str | None, cec_default: str) -> list[str] | Non
 
 
 class ScreenPower:
+    name = "screen-power"
+
     def __init__(self, on_command: list[str] | None, off_command: list[str] | None, stop: threading.Event) -> None:
         self._commands = {True: on_command, False: off_command}
         self._stop = stop
@@ -43,8 +45,15 @@ class ScreenPower:
     def start(self) -> None:
         if self._commands[True] is None and self._commands[False] is None:
             return  # nothing to run: black frames alone
-        self._thread = threading.Thread(target=self._run, name="screen-power", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._changed.notify()
+
+    def health(self) -> dict[str, object]:
+        return {"commands_run": self.runs, "lit": self._applied}
 
     def set_commands(self, on_command: list[str] | None, off_command: list[str] | None) -> None:
         """A live config edit; a thread is started if there was none."""
@@ -53,12 +62,18 @@ class ScreenPower:
             self.start()
 
     def set(self, lit: bool) -> None:
-        """Called by the display loop with the screen's state; cheap when nothing changed."""
+        """Called by the display loop with the screen's state; cheap when nothing changed, and it
+        never waits: with no thread (no power command) there is nothing to tell."""
         if lit == self._wish:
             return
-        with self._changed:
-            self._wish = lit
-            self._changed.notify()
+        self._wish = lit
+        if self._thread is None:
+            return
+        if self._changed.acquire(blocking=False):  # the thread holds it only to read the wish
+            try:
+                self._changed.notify()
+            finally:
+                self._changed.release()
 
     def join(self, timeout: float) -> None:
         with self._changed:

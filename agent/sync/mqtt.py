@@ -6,6 +6,10 @@ so that a list of brokers is tried in turn. MQTT v5 first, 3.1.1 if the broker r
 = device id, password = token; TLS verifies with the CA file. Subscriptions are made again on every
 connect. Refused credentials wait a long back-off: they will not fix themselves by hammering.
 A broker that is down never touches playback: everything here runs off the display thread.
+
+Bounds (PROTOCOL.md §8, §10): under MQTT v5 the board tells the broker the largest packet it takes
+(`Maximum Packet Size`) and asks for no retained messages on its command subscriptions; whatever
+still arrives retained, or over 64 KiB, is dropped before it is parsed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.limits import MAX_COMMAND_BYTES
 from agent.sync.client import Backoff
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ AUTH_FAILURE_WAIT_S = 600.0  # refused credentials: try again in ten minutes, no
 UNSUPPORTED_PROTOCOL = 132
 AUTH_REASONS = {134, 135, 4, 5}  # bad user name or password / not authorised (v5 and 3.1.1 codes)
 LOOP_TIMEOUT_S = 0.2
+PACKET_OVERHEAD = 1024  # topic and header bytes around a 64 KiB command
 
 
 @dataclass(frozen=True)
@@ -51,23 +60,35 @@ class MqttSettings:
     def command_topics(self) -> list[str]:
         return [self.topic("commands")] + [f"{self.topic_prefix}/groups/{g}/commands" for g in self.groups]
 
+    def group_of(self, topic: str) -> str | None:
+        """The group whose command topic this is (None: the board's own topic)."""
+        for group in self.groups:
+            if topic == f"{self.topic_prefix}/groups/{group}/commands":
+                return group
+        return None
+
+
+CommandHandler = Callable[[bytes, str, "str | None"], "dict[str, Any] | None"]
+
 
 class MqttLink:
     def __init__(
         self,
         settings: MqttSettings,
-        on_command: Callable[[bytes, str], dict[str, Any] | None],
+        on_command: CommandHandler,
         presence: Callable[[], dict[str, Any]],
         stop: threading.Event,
-        rng: random.Random | None = None,
+        rng: random.Random,
         refresh_s: float | None = None,
+        on_refused: Callable[[str], None] = lambda why: None,
     ) -> None:
         self.settings = settings
         self._refresh_s = refresh_s  # presence refresh when no HTTP reporter drives heartbeats
         self._on_command = on_command
+        self._on_refused = on_refused  # a message dropped before parsing (retained, too large)
         self._presence = presence
         self._stop = stop
-        self._rng = rng or random.Random()
+        self._rng = rng
         self._backoff = Backoff(self._rng, base_s=2.0, cap_s=300.0)
         self._thread: threading.Thread | None = None
         self._client: paho.Client | None = None
@@ -149,9 +170,13 @@ class MqttLink:
         client.on_message = self._on_message
         self._refused = None
         self.broker = url
+        properties = None
+        if protocol == MQTTProtocolVersion.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = MAX_COMMAND_BYTES + PACKET_OVERHEAD  # the broker drops larger ones
         try:
             client.connect(parts.hostname or "localhost", parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-                           keepalive=self.settings.keepalive_s)
+                           keepalive=self.settings.keepalive_s, properties=properties)
         except (OSError, ValueError, ssl.SSLError) as exc:
             self.last_error = f"cannot connect to {url}: {exc}"
             log.info("MQTT: %s", self.last_error)
@@ -196,7 +221,12 @@ class MqttLink:
         self._backoff.reset()
         self.last_error = None
         # Every connect: a broker restarted without persistence has forgotten our subscriptions.
-        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.settings.command_topics])
+        if client.protocol == MQTTProtocolVersion.MQTTv5:
+            # A command is live or nothing: no retained message is sent to us at subscribe time.
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            _, self._subscribe_mid = client.subscribe([(topic, options) for topic in self.settings.command_topics])
+        else:
+            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.settings.command_topics])
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         """Only with the SUBACK in hand can commands arrive: that is when the link counts as up."""
@@ -220,8 +250,15 @@ class MqttLink:
         self._connected.clear()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.retain:
+            self._on_refused(f"retained message on {message.topic} ignored (a command is live or nothing)")
+            return
+        if len(message.payload) > MAX_COMMAND_BYTES:
+            self._on_refused(f"message on {message.topic} dropped: {len(message.payload)} bytes, "
+                             f"over the limit of {MAX_COMMAND_BYTES}")
+            return
         try:
-            ack = self._on_command(bytes(message.payload), message.topic)
+            ack = self._on_command(bytes(message.payload), message.topic, self.settings.group_of(message.topic))
         except Exception:  # a bug in one command must not end the link
             log.exception("MQTT: command on %s failed", message.topic)
             return
@@ -234,3 +271,66 @@ def broker_urls(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+class MqttSlot:
+    """The board's MQTT link as one service: none, or one link that a config edit can replace alone."""
+
+    name = "mqtt"
+
+    def __init__(self, make: Callable[[MqttSettings, threading.Event], MqttLink], settings: MqttSettings | None,
+                 stop: threading.Event) -> None:
+        self._make = make
+        self._settings = settings
+        self._stop = stop
+        self._link: MqttLink | None = None
+        self._link_stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._settings is not None:
+                self._link_stop = threading.Event()
+                self._link = self._make(self._settings, self._link_stop)
+                self._link.start()
+
+    def stop(self) -> None:
+        self._link_stop.set()
+
+    def join(self, timeout: float) -> None:
+        link = self._link
+        if link is not None:
+            link.join(timeout)
+
+    def is_alive(self) -> bool:
+        link = self._link
+        return link is not None and link.is_alive()
+
+    def replace(self, settings: MqttSettings | None, timeout: float = 5.0) -> None:
+        """A live config edit: the old link says goodbye and goes; the new one connects."""
+        with self._lock:
+            old = self._link
+            self._link_stop.set()
+            self._link = None
+            self._settings = settings
+        if old is not None:
+            old.join(timeout)
+        if not self._stop.is_set():
+            self.start()
+
+    def health(self) -> dict[str, Any]:
+        link = self._link
+        return link.status() if link is not None else {"connected": False, "broker": None, "last_error": None}
+
+    def publish_status(self, beat: dict[str, Any]) -> bool:
+        link = self._link
+        return link.publish_status(beat) if link is not None else False
+
+    def request_presence(self) -> None:
+        link = self._link
+        if link is not None:
+            link.request_presence()
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings is not None

@@ -39,6 +39,8 @@ class ProblemSink(Protocol):
 
 
 class Reporter:
+    name = "reporter"
+
     def __init__(
         self,
         client: HttpClient,
@@ -67,7 +69,7 @@ class Reporter:
         self._upload_interval_s = upload_interval_s
         self._batch_size = batch_size
         self._today = today
-        self.deliver_elsewhere = deliver_elsewhere  # set by main.py once the MQTT link exists
+        self._deliver_elsewhere = deliver_elsewhere  # the MQTT link's retained status, when connected
         self._rng = rng or random.Random()
         self._upload_backoff = Backoff(self._rng)
         self._wake = threading.Event()
@@ -79,8 +81,11 @@ class Reporter:
     # --- thread ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        self._wake.set()
 
     def join(self, timeout: float) -> None:
         self._wake.set()
@@ -94,9 +99,11 @@ class Reporter:
         return self._thread is not None and self._thread.ident is not None and \
             self._client.blocked_in_network_io(self._thread.ident)
 
-    def status(self) -> dict[str, Any]:
+    def health(self) -> dict[str, Any]:
         return {"uploaded_records": self.uploaded_records, "last_upload_ok_at": self.last_upload_ok_at,
                 "last_heartbeat_ok_at": self.last_heartbeat_ok_at}
+
+    status = health
 
     def set_intervals(self, heartbeat_s: float, upload_s: float, batch_size: int) -> None:
         """A live config edit: takes effect from the next round."""
@@ -139,7 +146,7 @@ class Reporter:
         interval = self._jittered(self._heartbeat_interval_s)
         try:
             beat = self._heartbeat()
-            if self.deliver_elsewhere(beat):
+            if self._deliver_elsewhere(beat):
                 self._problems.resolve("heartbeat")
                 return interval  # the broker carried it (retained status): not twice on a metered SIM
             body = json.dumps(beat, ensure_ascii=False, separators=(",", ":")).encode()
@@ -149,7 +156,8 @@ class Reporter:
         except SourceError as exc:
             self._problems.report("heartbeat", f"heartbeat not delivered: {exc}")
             return max(interval, exc.retry_after or 0.0)
-        except Exception as exc:  # noqa: BLE001 — e.g. the display loop did not answer for the status
+        except Exception as exc:  # a bug in assembling it: logged, and the next one is tried
+            log.exception("heartbeat not built")
             self._problems.report("heartbeat", f"heartbeat not built: {type(exc).__name__}: {exc}")
             return interval
         self._problems.resolve("heartbeat")

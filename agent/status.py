@@ -1,0 +1,171 @@
+"""What the board says about itself: the §6 heartbeat and the fuller `ctl status`.
+
+`Heartbeat` is the one declaration of PROTOCOL.md §6's fields (a heartbeat is paid per byte on a
+SIM: nothing else goes in it but the optional hardware readings). `Status` is the heartbeat plus
+local details for a technician. Both are assembled on the caller's thread (the control socket,
+the reporter, MQTT) from parts that are safe to read from any thread; the display thread only
+publishes its `ScreenState` and is never asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import __version__
+from agent.loop import ScreenState
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    bytes_used: int
+    bytes_limit: int
+    media_missing: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """PROTOCOL.md §6, required fields first; `readings` are the optional hardware fields."""
+
+    device: str
+    sent_at: str
+    agent_version: str
+    uptime_s: int
+    manifest_serial: int | None
+    current_item: str | None
+    screen_on: bool
+    alert_active: bool
+    cache: CacheStatus
+    disk_free_bytes: int
+    outbox_pending: int
+    last_sync_ok_at: str | None
+    clock_offset_s: float
+    errors: tuple[str, ...]
+    readings: Mapping[str, Any] = field(default_factory=dict)
+    outbox_summarised: int = 0  # records folded into daily summaries by the cap (0: left out)
+
+    def to_json(self) -> dict[str, Any]:
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("readings", "outbox_summarised")}
+        body["cache"] = dataclasses.asdict(self.cache)
+        body["errors"] = list(self.errors)
+        body.update(self.readings)
+        if self.outbox_summarised:
+            body["outbox_summarised"] = self.outbox_summarised
+        return body
+
+
+@dataclass(frozen=True)
+class Status:
+    """`ctl status`: the heartbeat's fields at the top level, and more for a person on SSH."""
+
+    heartbeat: Heartbeat
+    screen_mode: str
+    source: str
+    sync: Mapping[str, Any]
+    report: Mapping[str, Any] | None
+    mqtt: Mapping[str, Any] | None
+    alerts: Sequence[Mapping[str, Any]]
+    display: Mapping[str, Any]
+    storage: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.heartbeat.to_json(), "screen_mode": self.screen_mode, "source": self.source,
+                "sync": dict(self.sync), "report": dict(self.report) if self.report is not None else None,
+                "mqtt": dict(self.mqtt) if self.mqtt is not None else None, "alerts": list(self.alerts),
+                "display": dict(self.display), "storage": dict(self.storage)}
+
+
+class Health(Protocol):
+    def health(self) -> Mapping[str, Any]: ...
+
+
+class SyncSource(Health, Protocol):
+    @property
+    def last_sync_ok_at(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class StatusParts:
+    """Everything status reads, each safe to read from any thread."""
+
+    device_id: str
+    source_url: str
+    storage_dir: Path
+    cache_limit_bytes: int
+    started_mono: float
+    now: Callable[[], dt.datetime]
+    clock_offset: Callable[[], float]
+    screen: Callable[[], ScreenState]
+    manifest_and_verified: Callable[[], tuple[Any, frozenset[str]]]
+    cache_bytes: Callable[[], int]
+    records_pending: Callable[[], int]
+    records_summarised: Callable[[], int]
+    errors: Callable[[], list[str]]
+    source: SyncSource
+    reporter: Health | None
+    mqtt: Health | None
+    display: Callable[[], Mapping[str, Any]]
+    storage: Callable[[], Mapping[str, Any]]
+    readings: Callable[[], Mapping[str, Any]]
+
+
+class StatusBuilder:
+    def __init__(self, parts: StatusParts) -> None:
+        self._parts = parts
+
+    def heartbeat(self, *, with_readings: bool = True) -> Heartbeat:
+        parts = self._parts
+        screen = parts.screen()
+        manifest, verified = parts.manifest_and_verified()
+        missing = len({m.sha256 for m in manifest.media} - verified) if manifest is not None else 0
+        try:
+            disk_free = shutil.disk_usage(parts.storage_dir).free
+        except OSError:
+            disk_free = 0
+        return Heartbeat(
+            device=parts.device_id,
+            sent_at=parts.now().isoformat(timespec="seconds"),
+            agent_version=__version__,
+            uptime_s=round(time.monotonic() - parts.started_mono),
+            manifest_serial=screen.manifest_serial,
+            current_item=screen.current_item,
+            screen_on=screen.screen_on,
+            alert_active=screen.alert_active,
+            cache=CacheStatus(parts.cache_bytes(), parts.cache_limit_bytes, missing),
+            disk_free_bytes=disk_free,
+            outbox_pending=parts.records_pending(),
+            last_sync_ok_at=_iso(parts.source.last_sync_ok_at),
+            clock_offset_s=round(parts.clock_offset(), 3),
+            errors=tuple(parts.errors()),
+            readings=parts.readings() if with_readings else {},
+            outbox_summarised=parts.records_summarised(),
+        )
+
+    def status(self) -> Status:
+        parts = self._parts
+        screen = parts.screen()
+        return Status(
+            heartbeat=self.heartbeat(with_readings=False),
+            screen_mode=screen.screen_mode,
+            source=parts.source_url,
+            sync=parts.source.health(),
+            report=parts.reporter.health() if parts.reporter is not None else None,
+            mqtt=parts.mqtt.health() if parts.mqtt is not None else None,
+            alerts=[{"id": a.id, "title": a.title, "until": a.until.isoformat()} for a in screen.alerts],
+            display={**parts.display(), "frame_ms": dict(screen.frame_ms),
+                     "video": dict(screen.video) if screen.video is not None else None},
+            storage=parts.storage(),
+        )
+
+
+def _iso(unix_time: float | None) -> str | None:
+    if unix_time is None:
+        return None
+    return dt.datetime.fromtimestamp(unix_time, dt.UTC).isoformat(timespec="seconds")
