@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from agent.limits import show_value
+
 Check = Callable[[Any], str | None]  # returns what was expected when the value is wrong
 
 
@@ -232,7 +234,7 @@ def _describe(value: Any, secret: bool) -> str:
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    return repr(value)
+    return show_value(value)
 
 
 def _expected_type(annotation: Any) -> str:

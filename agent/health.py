@@ -6,7 +6,11 @@ import logging
 import threading
 import time
 
+from agent.limits import clip
+
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 400
 
 
 class Problems:
@@ -23,6 +27,9 @@ class Problems:
         self._limit = limit
 
     def report(self, key: str, message: str) -> None:
+        # A backstop: outside text is clipped where it is quoted (limits.clip); no message may grow
+        # a heartbeat past a few hundred bytes whatever reaches it.
+        message = clip(message, MAX_MESSAGE_CHARS)
         with self._lock:
             previous = self._problems.get(key)
             self._problems[key] = (message, time.monotonic())

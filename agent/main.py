@@ -71,6 +71,7 @@ class Lifecycle:
 
     config: Config
     stop: threading.Event
+    set_aside: bool = False  # this start set restored content aside (three failed starts before it)
     restart_requested: bool = False  # the `restart` command: exit for the service manager
     exec_restart: bool = False  # a cold config edit: re-execute in place (same PID, unit stays active)
 
@@ -146,7 +147,7 @@ def build(config: Config) -> Board:
         mqtt.request_presence()  # `mqtt` is bound below, before any source thread starts
 
     def prepare() -> bool:
-        return _restore(guard, content, alerts, loop, clock, problems)
+        return _verify_cache(content, clock, loop, lifecycle.set_aside)
 
     def on_screen() -> set[str]:
         return _media_on_screen(content, player)
@@ -247,6 +248,8 @@ def run_board(board: Board) -> int:
         board.notifier.ready("splash on screen, loading content")
         for warning in config_warnings(config):
             log.warning("%s", warning)
+        lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.player, board.clock,
+                                       board.problems)
         services.start(board.writer)
         for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher):
             if part is not None:
@@ -291,21 +294,28 @@ def run(config: Config) -> int:
 # --- what the parts ask of each other -----------------------------------------------------------
 
 
-def _restore(guard: StartGuard, content: Content, alerts: AlertStore, loop: DisplayLoop, clock: Clock,
+def _restore(guard: StartGuard, content: Content, alerts: AlertStore, player: Player, clock: Clock,
              problems: Problems) -> bool:
-    """On the source's thread before its first sync: content and alerts back from disk. True = poll
-    now (something was set aside after failed starts: the province can correct it at once)."""
+    """At start, after the splash is on screen and before any service runs: the manifest and alerts
+    back from disk (parsing only, quick). True when something was set aside after failed starts."""
     set_aside = guard.begin()
-    manifest = content.restore(set_aside=set_aside)
-    if set_aside:
-        problems.report("alerts", "stored alerts set aside after 3 failed starts")
-    else:
-        restored, problem = alerts.load(clock.now())
-        if problem:
-            problems.report("alerts", problem)
-        for alert in restored:
-            loop.post(lambda alert=alert: loop.player.add_alert(alert))  # type: ignore[misc]
-    loop.wake()
+    content.restore(set_aside=set_aside)
+    restored, problem = alerts.load(clock.now())
+    if problem:
+        problems.report("alerts", problem)
+    if set_aside and restored:
+        problems.report("alerts", f"{len(restored)} stored alert(s) not restored after 3 failed starts")
+        restored = []
+    for alert in restored:
+        player.add_alert(alert)
+    return set_aside
+
+
+def _verify_cache(content: Content, clock: Clock, loop: DisplayLoop, set_aside: bool) -> bool:
+    """On the source's thread before its first sync: the cached media hashed again (seconds for a big
+    cache), in the order they will be shown, while the splash keeps the watchdog fed. True = poll now:
+    something was set aside, so the province can correct it at once."""
+    manifest = content.current()
     if manifest is not None:
         content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
         loop.wake()

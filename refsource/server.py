@@ -40,6 +40,9 @@ class Faults:
     wrong_media_bytes: bool = False  # flip bytes of every media body
     extra_media_bytes: int = 0  # send this many more bytes than the file has (declared size is exceeded)
     date_offset_s: float = 0.0  # shift the Date header (a board with a wrong clock sees the difference)
+    drip_interval_s: float = 0.0  # send the body one byte at a time, this far apart (defeats per-read timeouts)
+    drip_times: int = 0
+    drip_headers: bool = False  # drip the status line and headers too, not only the body
     apply_to: str = "media"  # "media", "manifest" or "all": which requests cut/stall/unavailable touch
 
 
@@ -146,10 +149,33 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        if self._take("drip_times"):
+            self._drip(status, body, {"Content-Length": str(len(body)), **(headers or {})})
+            return
         self._head(status, {"Content-Length": str(len(body)), **(headers or {})})
         if body and self.command != "HEAD":
             self.wfile.write(body)
         self._record(status, len(body))
+
+    def _drip(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        """A hostile or broken server: one byte, a pause, one byte… until the client gives up."""
+        interval = self.state.faults.drip_interval_s
+        head = f"HTTP/1.1 {status} OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        raw = head.encode() + body if self.state.faults.drip_headers else body
+        if not self.state.faults.drip_headers:
+            self._head(status, headers)
+            self.wfile.flush()
+        sent = 0
+        try:
+            for byte in raw:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                sent += 1
+                time.sleep(interval)
+        except OSError:
+            pass  # the client cut it: what a board must do
+        self.close_connection = True
+        self._record(status, sent)
 
     def _authorised(self) -> bool:
         token = self.state.token
@@ -233,6 +259,9 @@ class Handler(BaseHTTPRequestHandler):
                 headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{total}"
         if self._take("stall_times"):
             time.sleep(faults.stall_s)
+        if self._take("drip_times"):
+            self._drip(status, data, {"Content-Length": str(len(data)), **headers})
+            return
         cut = faults.cut_media_after_bytes if self._take("cut_times") else None
         self._head(status, {"Content-Length": str(len(data)), **headers})
         body = data if cut is None else data[:cut]

@@ -39,11 +39,15 @@ run() {
 }
 
 copy_source() {
-    # The project without its git history or a developer's venv.
-    echo "+ tar -C $SRC --exclude=.git --exclude=.venv -cf - . | tar -C $1 -xf -"
+    # The project without its git history or a developer's venv, owned by root and writable by
+    # root only: the service runs this code, so nobody else (not the checkout's owner) may change it.
+    echo "+ tar -C $SRC --exclude=.git --exclude=.venv -cf - . | tar -C $1 --no-same-owner --no-same-permissions -xf -"
     if [ "$DRY_RUN" -eq 0 ]; then
-        tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=__pycache__ -cf - . | tar -C "$1" -xf -
+        tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=__pycache__ -cf - . \
+            | tar -C "$1" --no-same-owner --no-same-permissions -xf -
     fi
+    run chown -R root:root "$1"
+    run chmod -R go-w "$1"
 }
 
 if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then

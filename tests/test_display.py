@@ -289,3 +289,17 @@ def test_splash_without_a_manifest_shows_vietnamese_time(board: Board) -> None:
     assert main_zone() != without_manifest
     # Header underline runs the full width, under the clock too.
     assert near(board.shot().get_at((318, header_h - 2)), YELLOW)
+
+
+def test_a_rotation_change_while_the_new_picture_is_prepared_draws_nothing_half(board: Board) -> None:
+    """Found by the renderer fuzzer: the old scene's clock and ticker were painted on the new, turned
+    canvas while the new slide was still decoding (a rectangle outside the canvas, an exception)."""
+    red = board.add_png("m1.png", (64, 36), (220, 20, 20))
+    flat = parse(items=[{"id": "t", "type": "text", "title": "A", "duration_s": 5}], ticker=[{"id": "k", "text": "x"}])
+    board.render(Scene("item", flat, item=flat.items[0], ticker_text="x", showing_id="s1"), T0, 0.0)
+    turned = parse(media=[red], items=[{"id": "i", "type": "image", "media": "m1", "duration_s": 5}],
+                   ticker=[{"id": "k", "text": "x"}], layout={"rotation": 90})
+    scene = Scene("item", turned, item=turned.items[0], ticker_text="x", showing_id="s2")
+    frame = board.renderer.render(scene, T0 + dt.timedelta(seconds=1), 1.0)  # the slide is still decoding
+    assert frame.waiting and frame.failed_showing is None
+    assert not board.render(scene, T0 + dt.timedelta(seconds=2), 2.0).waiting

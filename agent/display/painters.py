@@ -136,5 +136,10 @@ def draw_plain_alert(canvas: pygame.Surface, fonts: FontBook) -> None:
     canvas.fill(ALERT_RED)
     band = pygame.Rect(0, 0, width, height // 4)
     canvas.fill(ALERT_YELLOW, band)
-    text = fonts.get(max(12, band.height // 3), bold=True).render(DEFAULT_ALERT_TITLE, True, ALERT_RED)
-    canvas.blit(text, text.get_rect(center=band.center))
+    for bold in (True, False):  # the words if any face can draw them; the colours say it anyway
+        try:
+            text = fonts.get(max(12, band.height // 3), bold=bold).render(DEFAULT_ALERT_TITLE, True, ALERT_RED)
+        except pygame.error:
+            continue
+        canvas.blit(text, text.get_rect(center=band.center))
+        return

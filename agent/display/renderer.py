@@ -77,7 +77,7 @@ def rotate_rect(rect: pygame.Rect, logical: tuple[int, int], rotation: int) -> p
 
 class Renderer:
     def __init__(self, settings: DisplaySettings, media: MediaSource, video: VideoBackend,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None, fonts: FontBook | None = None) -> None:
         self.settings = settings
         self._media = media
         self._video_backend = video
@@ -87,7 +87,7 @@ class Renderer:
         self._video_rect = pygame.Rect(0, 0, 0, 0)
         self._next_video: tuple[object, VideoPlayback] | None = None  # opening ahead of its turn
         self._opening: tuple[str | None, VideoPlayback, float] | None = None  # a scene's video not ready yet
-        self._fonts = FontBook()
+        self._fonts = fonts or FontBook()
         self._titles = painters.TitleCache(self._fonts)
         self._slides = Slides(self._fonts, media, wake)
         self._ticker = Ticker(self._fonts)
@@ -99,7 +99,7 @@ class Renderer:
         self._drawn_key: object = None
         self._drawn_showing: str | None = None
         self._drawn_layout = Layout()
-        self._drawn_mode = "splash"
+        self._drawn_mode = "none"
         self._clock: painters.ClockBox | None = None
         self._clock_second = -1
         self._logo_pending = False
@@ -200,8 +200,18 @@ class Renderer:
             )
             self._zone_key = key
             self._slides.clear()
-            self._drawn_key = None
+            self._forget_drawn()
         return self._zones
+
+    def _forget_drawn(self) -> None:
+        """A new canvas or new zones: nothing drawn before fits them; the next scene is drawn whole."""
+        self._drawn_key = None
+        self._drawn_mode = "none"  # nothing moves on a canvas no scene has been drawn on yet
+        self._clock = None
+        self._fade_from = self._fade_to = None
+        if self._video is not None:
+            self._video.close()
+            self._video = self._video_showing = None
 
     # --- the frame ----------------------------------------------------------------------------
 
@@ -424,8 +434,10 @@ class Renderer:
         try:
             draw()
         except (pygame.error, MemoryError, ValueError, OverflowError, SlideError) as exc:
-            log.warning("%s cannot be drawn: %s", zone, exc)
-            self.zone_problems[zone] = clip(f"{zone} cannot be drawn: {exc}")
+            problem = clip(f"{zone} cannot be drawn: {exc}")
+            if self.zone_problems.get(zone) != problem:
+                log.warning("%s", problem)
+            self.zone_problems[zone] = problem
             plain()
         else:
             self.zone_problems.pop(zone, None)

@@ -75,6 +75,7 @@ class HttpSettings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     manifest_deadline_s: float = 120.0
+    media_min_deadline_s: float = 120.0  # a media transfer may take at least this long, more for big files
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(self.base_url, self.token, self.ca_file, self.user_agent,
@@ -330,7 +331,7 @@ class HttpSource:
             self._finish(media)
             return
         headers = {"Range": f"bytes={have}-", "If-Range": validator} if have and validator else {}
-        deadline_s = max(120.0, (media.size - have) / MIN_MEDIA_RATE)
+        deadline_s = max(self.settings.media_min_deadline_s, (media.size - have) / MIN_MEDIA_RATE)
         deadline = time.monotonic() + deadline_s
         log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
         try:
