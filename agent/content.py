@@ -139,8 +139,10 @@ class Content:
             self._problems.report("manifest", f"stored manifest {path.name} unreadable: {exc.strerror or exc}")
             return None
         try:
+            # Stored means accepted here before, maybe under protocol v1 (no audience then): an
+            # upgraded board keeps playing it until the province's republished manifest arrives.
             return accept_manifest(raw, keys=self._keys, device_id=self._device_id, groups=self._groups,
-                                   last_serial=last_serial)
+                                   last_serial=last_serial, require_audience=False)
         except ManifestRejected as exc:
             self._problems.report("manifest", f"stored manifest rejected: {exc}")
             return None

@@ -217,6 +217,8 @@ class DisplayLoop:
                 self._last_showing = scene.showing_id
                 self._shown(scene)
             frame = self.renderer.render(scene, now, mono)
+            if not frame.waiting:
+                self.player.presented(self.renderer.drawn_showing, now, mono)
             if frame.notice is not None and scene.item is not None:
                 self._problems.report(f"video:{scene.item.id}", f"video {scene.item.id} {frame.notice}")
             if frame.finished_showing is not None:

@@ -54,18 +54,20 @@ def accept_manifest(
     device_id: str,
     groups: Sequence[str],
     last_serial: int | None,
+    require_audience: bool = True,
 ) -> Manifest:
     """Verify and parse manifest bytes. Raises ManifestRejected with a precise reason.
 
     A serial equal to `last_serial` is accepted here (the caller treats it as "no change");
-    a lower one is refused (rollback protection).
+    a lower one is refused (rollback protection). `require_audience=False` is for a manifest this
+    board accepted before (stored under protocol v1): it is still verified with today's keys.
     """
     try:
         opened = open_envelope(raw, MANIFEST_PAYLOAD_TYPE, keys, max_bytes=limits.MAX_MANIFEST_BYTES)
     except InputRejected as exc:
         raise ManifestRejected(str(exc)) from None
     manifest = parse_manifest(opened.document, signed_by=opened.signed_by)
-    check_audience(manifest.audience, device_id, groups, required=bool(keys))
+    check_audience(manifest.audience, device_id, groups, required=bool(keys) and require_audience)
     if last_serial is not None and manifest.serial < last_serial:
         raise ManifestRejected(f"serial {manifest.serial} is lower than the accepted {last_serial} (rollback refused)")
     return manifest

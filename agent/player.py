@@ -44,6 +44,7 @@ class Showing:
     manifest: Manifest | None
     item: Item | None = None
     alert: Alert | None = None
+    presented: bool = False  # its first frame is on screen (a slide may still be decoding before that)
 
     @property
     def key(self) -> str:
@@ -68,6 +69,7 @@ class Player:
         self._screen_on = True
         self._upcoming: Item | None = None
         self._manifest_serial: int | None = None
+        self._on_screen_key: str | None = None
         self._choice_key: object = None
         self._choice: schedule.Choice | None = None
         self._ticker_due = 0.0
@@ -111,6 +113,17 @@ class Player:
         if showing is not None and showing.id == showing_id:
             self._end(now, mono, completed=True, reason=None)
 
+    def presented(self, showing_id: str | None, now: dt.datetime, mono: float) -> None:
+        """The display drew this showing's first frame. Its time starts now: a slide that took a
+        second to decode still gets its whole duration, and its record says when it was on screen."""
+        showing = self._showing
+        if showing is None or showing.presented or showing.id != showing_id:
+            return
+        showing.presented = True
+        if showing.item is not None:
+            showing.started_at, showing.started_mono = now, mono
+        self._on_screen_key = showing.key
+
     def shutdown(self, now: dt.datetime, mono: float) -> None:
         self._end(now, mono, completed=False, reason="shutdown")
 
@@ -138,7 +151,9 @@ class Player:
     def status(self) -> dict[str, object]:
         showing = self._showing
         return {
-            "current_item": showing.key if showing is not None else None,
+            # What is on screen: a new showing counts once its first frame is (the old picture stays
+            # up while its slide decodes).
+            "current_item": None if showing is None else showing.key if showing.presented else self._on_screen_key,
             "screen_on": self._screen_on,
             "screen_mode": self._screen_mode,
             "alert_active": self.alert_active,
@@ -181,6 +196,8 @@ class Player:
                 self._start(now, mono, snapshot.manifest, item=choice.item)
                 # With the new item on, the rule names the one after it: prepare that ahead.
                 choice = self._choose(snapshot, now, unplayable)
+        if self._showing is None:
+            self._on_screen_key = None  # the splash or a dark screen
         return self._scene(snapshot.manifest, choice, now, mono)
 
     def _choose(self, snapshot: Snapshot, now: dt.datetime, unplayable: set[str]) -> schedule.Choice:

@@ -104,6 +104,23 @@ def start_agent(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[byt
     raise SystemExit("the agent did not show its content within 60 s")
 
 
+def memory_breakdown(pid: int, top: int = 8) -> dict[str, float]:
+    """Resident MB by mapping (/proc/PID/smaps): where the memory goes — surfaces and Python objects
+    live in [heap] and anonymous maps, the libraries in their files."""
+    totals: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
+            name = Path(fields[5]).name if len(fields) > 5 else "[anon]"
+        elif fields and fields[0] == "Rss:":
+            totals[name] = totals.get(name, 0) + int(fields[1])
+    ordered = sorted(totals.items(), key=lambda entry: -entry[1])
+    breakdown = {key: round(kb / 1024, 1) for key, kb in ordered[:top]}
+    breakdown["(everything else)"] = round(sum(kb for _, kb in ordered[top:]) / 1024, 1)
+    return breakdown
+
+
 def measure(process: subprocess.Popen[bytes], seconds: float, socket_path: Path) -> dict[str, Any]:
     frames_before = request(socket_path, "status")["result"]["display"]["frames"]
     cpu_before, wall_before = cpu_seconds(process.pid), time.monotonic()
@@ -116,6 +133,7 @@ def measure(process: subprocess.Popen[bytes], seconds: float, socket_path: Path)
         "frames_per_s": round((status["display"]["frames"] - frames_before) / elapsed, 1),
         "frame_ms": status["display"]["frame_ms"],
         "rss_mb": round(rss_mb(process.pid), 1),
+        "rss_by_mapping_mb": memory_breakdown(process.pid),
         "driver": status["display"]["driver"],
     }
 

@@ -73,7 +73,7 @@ if id "$SERVICE_USER" >/dev/null 2>&1; then
 else
     run useradd --system --home-dir /var/lib/bangtin --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
 fi
-for group in video render input; do
+for group in video render; do
     if getent group "$group" >/dev/null; then
         run usermod -a -G "$group" "$SERVICE_USER"
     else

@@ -26,18 +26,18 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-import pygame  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import pygame
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from agent.cache.store import MediaStore  # noqa: E402
-from agent.content import Snapshot  # noqa: E402
-from agent.display.pyav import PyAVBackend  # noqa: E402
-from agent.display.renderer import DisplaySettings, Renderer  # noqa: E402
-from agent.health import Problems  # noqa: E402
-from agent.manifest import accept_manifest  # noqa: E402
-from agent.models import Alert, Manifest, PlayRecord  # noqa: E402
-from agent.player import Player  # noqa: E402
+from agent.cache.store import MediaStore
+from agent.content import Snapshot
+from agent.display.pyav import PyAVBackend
+from agent.display.renderer import DisplaySettings, Renderer
+from agent.health import Problems
+from agent.manifest import accept_manifest
+from agent.models import Alert, Manifest, PlayRecord
+from agent.player import Player
 
 MEMORY_LIMIT = 3 * 1024**3  # address space: room for a 40-megapixel decode, not for a runaway
 FRAME_LIMIT_S = 1.0

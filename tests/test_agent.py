@@ -180,8 +180,8 @@ def test_demo_plays_its_signed_sample_under_the_dummy_driver(tmp_path: Path) -> 
         wait_for(lambda: (demo_dir / "agent.yaml").exists(), timeout=30, what="the demo config written")
         demo = RunningAgent(demo_dir / "agent.yaml")
         demo.process = process
-        wait_for(lambda: (demo_dir / "control.sock").exists() and demo.status()["manifest_serial"], timeout=30,
-                 what="the demo manifest accepted")
+        wait_for(lambda: (demo_dir / "control.sock").exists() and demo.status()["current_item"], timeout=30,
+                 what="the demo's first item on screen")
         status = demo.status()
         assert status["errors"] == [] and status["current_item"] in {"i1", "i2", "i3", "i4"}
         assert status["cache"]["media_missing"] == 0

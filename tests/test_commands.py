@@ -93,7 +93,7 @@ def remote(command_log: CommandLog, public_key_b64: str, now: dt.datetime, devic
 
 def test_the_v11_vector_runs_once_on_its_board_only(command_log: CommandLog, public_key_b64: str) -> None:
     raw = (VECTORS / "command.alert.v11.signed.json").read_bytes()
-    commands, screen, dropped = remote(command_log, public_key_b64, VALID_AT)
+    commands, screen, _dropped = remote(command_log, public_key_b64, VALID_AT)
     ack = commands.handle(raw, "bangtin/devices/vinhthuan-ubnd-01/commands")
     assert ack is not None and ack["ok"] is True and len(screen.alerts) == 1
     again = commands.handle(raw, "bangtin/devices/vinhthuan-ubnd-01/commands")

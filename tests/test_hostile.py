@@ -5,7 +5,6 @@ PROTOCOL.md v1.1 §3, §7, §8, §10. Parsers and the renderer are also fuzzed i
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -35,7 +34,7 @@ from agent.ctlsocket import ControlServer, parse_request
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Frame, Renderer
 from agent.display.text import FontBook, wrap
-from agent.envelope import MANIFEST_PAYLOAD_TYPE, load_trusted_keys, sign_envelope
+from agent.envelope import load_trusted_keys
 from agent.files import atomic_write
 from agent.health import Problems
 from agent.manifest import accept_manifest
@@ -353,7 +352,7 @@ def test_a_media_hosts_retry_after_never_delays_manifest_polls(tmp_path, source,
     try:
         cdn.state.faults = Faults(unavailable_times=100, retry_after_s=86400)
         cdn_manifest(source, cdn, private_key, tmp_path)
-        http, content, _ = http_board(tmp_path, source, [public_key_b64])
+        http, _content, _ = http_board(tmp_path, source, [public_key_b64])
         http.start()
         try:
             wait_for(lambda: cdn.requests_to(".png"), timeout=15, what="the media host's 503")
@@ -378,7 +377,7 @@ def test_a_server_dripping_bytes_cannot_outlast_the_deadline(tmp_path, source, p
     source.state.faults = Faults(drip_interval_s=0.2, drip_times=1, drip_headers=headers_too, apply_to="manifest")
     http, content, _ = http_board(tmp_path, source, [public_key_b64], manifest_deadline_s=2.0, read_timeout_s=5.0)
     started = time.monotonic()
-    with pytest.raises(SourceError, match="deadline|too slow"):
+    with pytest.raises(SourceError, match=r"deadline|too slow"):
         http.sync_once()
     body_seconds = len(source.state.manifests[DEVICE]) * 0.2  # what the drip would have taken
     assert time.monotonic() - started < body_seconds / 4  # cut at the 2 s deadline, not at the end of the drip
@@ -491,7 +490,7 @@ def test_a_link_planted_in_partial_is_never_followed(tmp_path: Path, source, pri
     partial.mkdir(parents=True)
     (partial / f"{sha}.download").symlink_to(victim)
     (partial / f"{sha}.validator").symlink_to(victim)
-    http, content, _ = http_board(tmp_path, source, [public_key_b64])
+    http, _content, _ = http_board(tmp_path, source, [public_key_b64])
     http.sync_once()
     assert victim.read_text() == "keep me"
     assert (tmp_path / "state" / "media" / sha).read_bytes() == data
@@ -538,3 +537,18 @@ def test_a_restart_in_place_never_imports_from_the_working_directory(
         process.send_signal(signal.SIGTERM)
         process.wait(20)
         log.close()
+
+
+def test_a_manifest_stored_under_v1_keeps_playing_after_the_upgrade(tmp_path: Path, public_key_b64: str) -> None:
+    """Upgrading must not strand a board: what it accepted under v1 (no audience) is restored, while the
+    same bytes offered anew are refused."""
+    (tmp_path / "manifest.accepted").write_bytes((VECTORS / "manifest.no-audience.signed.json").read_bytes())
+    (tmp_path / "state.json").write_text('{"serial": 44, "etag": "\\"v1-etag\\""}')  # the v1 state file
+    store = MediaStore(tmp_path / "media")
+    store.open()
+    content = Content(tmp_path, store, Problems(), keys=load_trusted_keys([public_key_b64]), device_id=DEVICE,
+                      groups=("angiang",))
+    restored = content.restore()
+    assert restored is not None and restored.serial == 44 and content.etag == '"v1-etag"'
+    with pytest.raises(ManifestRejected, match="manifest has no audience"):
+        content.offer((VECTORS / "manifest.no-audience.signed.json").read_bytes(), "http://source")

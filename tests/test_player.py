@@ -200,3 +200,19 @@ def test_a_full_disk_keeps_records_in_memory_and_playback_going(tmp_path: Path) 
     ids = [r["id"] for r in box.oldest(1000)]
     assert len(ids) == len(set(ids)) == box.pending()
     box.close()
+
+
+def test_a_showing_counts_from_its_first_frame_and_status_says_what_is_on_screen(outbox: Outbox) -> None:
+    player = Player(FakeContent(manifest(items=[text("a", 10), text("b", 10)])), outbox, Problems())
+    scene = player.update(T0, 0.0)
+    player.presented(scene.showing_id, T0, 0.0)
+    assert player.status()["current_item"] == "a"
+    scene = player.update(T0 + dt.timedelta(seconds=10), 10.0)  # "a" ends; "b" is chosen, its slide decoding
+    assert scene.item is not None and scene.item.id == "b"
+    assert player.status()["current_item"] == "a"  # "a"'s picture is still what the screen shows
+    player.presented(scene.showing_id, T0 + dt.timedelta(seconds=11.5), 11.5)  # drawn 1.5 s later
+    assert player.status()["current_item"] == "b"
+    assert player.update(T0 + dt.timedelta(seconds=20), 20.0).item.id == "b"  # its 10 s began at 11.5
+    assert player.update(T0 + dt.timedelta(seconds=21.5), 21.5).item.id == "a"
+    b = next(r for r in outbox.oldest(10) if r["item"] == "b")
+    assert b["started_at"] == "2026-11-26T09:00:11.500+07:00" and b["duration_ms"] == 10000 and b["completed"]

@@ -28,14 +28,14 @@ from agent.display import painters
 from agent.display.slides import SlideError, Slides
 from agent.display.text import FontBook
 from agent.display.ticker import Ticker
-from agent.display.video import VideoBackend, VideoError, VideoPlayback, slow_report
+from agent.display.video import VideoBackend, VideoError, slow_report
+from agent.display.videozone import VideoZone
 from agent.limits import clip
 from agent.manifest import DEFAULT_TIMEZONE
 from agent.models import Item, Layout, Manifest, MediaSource, Scene
 
 log = logging.getLogger(__name__)
 
-FIRST_FRAME_TIMEOUT_S = 5.0
 WAIT_POLL_S = 0.05  # while a picture is being prepared, look again this soon (a worker also wakes the loop)
 
 
@@ -80,13 +80,8 @@ class Renderer:
                  wake: Callable[[], None] = lambda: None, fonts: FontBook | None = None) -> None:
         self.settings = settings
         self._media = media
-        self._video_backend = video
         self._wake = wake
-        self._video: VideoPlayback | None = None  # the video on screen
-        self._video_showing: str | None = None
-        self._video_rect = pygame.Rect(0, 0, 0, 0)
-        self._next_video: tuple[object, VideoPlayback] | None = None  # opening ahead of its turn
-        self._opening: tuple[str | None, VideoPlayback, float] | None = None  # a scene's video not ready yet
+        self._videos = VideoZone(video, media, wake)
         self._fonts = fonts or FontBook()
         self._titles = painters.TitleCache(self._fonts)
         self._slides = Slides(self._fonts, media, wake)
@@ -107,7 +102,6 @@ class Renderer:
         self._fade_from: pygame.Surface | None = None
         self._fade_to: pygame.Surface | None = None
         self._fade_start = 0.0
-        self._video_started = False
         self._asked_to_prepare: object = None
         self.driver: str | None = None  # SDL's video driver, once open
         self.zone_problems: dict[str, str] = {}  # zone → why it is drawn plain; the loop reports them
@@ -132,12 +126,7 @@ class Renderer:
         self._set_rotation(0)
 
     def close(self) -> None:
-        for playback in (self._video, self._next_video[1] if self._next_video else None,
-                         self._opening[1] if self._opening else None):
-            if playback is not None:
-                playback.close()
-        self._video = self._next_video = self._opening = None
-        self._video_backend.close()
+        self._videos.close()
         self._slides.close()
         pygame.display.quit()
 
@@ -147,14 +136,12 @@ class Renderer:
 
     def video_stats(self) -> dict[str, object] | None:
         """Frames presented and dropped for the video on screen (status and benchmarks)."""
-        video = self._video
-        if video is None or video.size is None:
-            return None
-        stats = video.stats
-        fps = stats.measured_fps(time.monotonic())
-        return {"size": list(video.size), "presented": stats.presented, "dropped": stats.dropped,
-                "decoded": stats.decoded, "stream_fps": stats.stream_fps,
-                "measured_fps": round(fps, 1) if fps is not None else None}
+        return self._videos.stats()
+
+    @property
+    def drawn_showing(self) -> str | None:
+        """The showing whose scene is on screen (drawn whole at least once)."""
+        return self._drawn_showing
 
     def is_preparing(self, manifest: Manifest, item: Item) -> bool:
         """Whether the item's slide is being prepared, or ready (ahead of its turn)."""
@@ -209,9 +196,7 @@ class Renderer:
         self._drawn_mode = "none"  # nothing moves on a canvas no scene has been drawn on yet
         self._clock = None
         self._fade_from = self._fade_to = None
-        if self._video is not None:
-            self._video.close()
-            self._video = self._video_showing = None
+        self._videos.stop()
 
     # --- the frame ----------------------------------------------------------------------------
 
@@ -227,9 +212,8 @@ class Renderer:
         full = key != self._drawn_key
         waiting = False
         if full:
-            if self._video is not None and scene.showing_id != self._video_showing:
-                self._video.close()  # a new scene: the video stops at once (preemption included)
-                self._video = None
+            if self._videos.playing is not None and scene.showing_id != self._videos.showing:
+                self._videos.stop()  # a new scene: the video stops at once (preemption included)
             try:
                 ready, slide = self._picture_for(scene, main, mono)
             except (SlideError, VideoError) as exc:
@@ -242,7 +226,7 @@ class Renderer:
                 self._drawn_key, self._drawn_showing = key, scene.showing_id
                 self._drawn_layout, self._drawn_mode = layout, scene.mode
         dirty.extend(self._changing_parts(scene, local, mono, main, ticker))
-        video = self._video
+        video = self._videos.playing
         if video is not None and video.error():
             return Frame(mono, failed_showing=scene.showing_id, failure=clip(video.error()))
         if self._present(full, dirty, mono):
@@ -266,11 +250,11 @@ class Renderer:
         if self._clock is not None and local.second != self._clock_second and mode != "off":
             self._clock_second = local.second
             dirty.append(painters.paint_clock(self._canvas, self._fonts, self._clock, layout, local))
-        if self._video is not None:
-            picture = self._video.frame(mono)
+        if self._videos.playing is not None:
+            picture = self._videos.playing.frame(mono)
             if picture is not None:
-                self._canvas.blit(picture, self._video_rect)
-                dirty.append(self._video_rect)
+                self._canvas.blit(picture, self._videos.rect)
+                dirty.append(self._videos.rect)
         if mode in ("item", "splash") and ticker.height:
             text = scene.ticker_text if scene.ticker_text != self._ticker_broken else ""
             try:
@@ -297,8 +281,8 @@ class Renderer:
         fps = self.settings.fps
         if self._drawn_mode == "off":
             return mono + 1.0
-        if self._video is not None:  # the next frame's time, at most the fps ceiling apart
-            due = self._video.next_due()
+        if self._videos.playing is not None:  # the next frame's time, at most the fps ceiling apart
+            due = self._videos.playing.next_due()
             return max(mono + 1.0 / fps / 2, due if due is not None else mono + 1.0 / fps)
         if self._ticker.active and self._drawn_mode in ("item", "splash"):
             return mono + self._ticker.frame_period_s(self._drawn_layout.ticker_speed_px_s, fps)
@@ -317,48 +301,7 @@ class Renderer:
         if scene.item.type != "video":
             slide = self._slides.poll(scene.manifest, scene.item, main.size)
             return slide is not None, slide
-        if self._video is not None and scene.showing_id == self._video_showing:
-            return True, None  # the same showing under a new manifest object plays on
-        playback, opened_at = self._video_opening(scene, scene.manifest, scene.item, main, mono)
-        if not playback.ready():
-            if mono - opened_at > FIRST_FRAME_TIMEOUT_S:
-                self._opening = None
-                playback.close()
-                raise VideoError(f"no frame decoded within {FIRST_FRAME_TIMEOUT_S:g} s")
-            return False, None
-        self._opening = None
-        error = playback.error()
-        size = playback.size
-        if error is not None or size is None:
-            playback.close()
-            raise VideoError(error or "the file has no video frames")
-        self._video, self._video_showing = playback, scene.showing_id
-        self._video_rect = pygame.Rect(main.x + (main.width - size[0]) // 2, main.y + (main.height - size[1]) // 2,
-                                       *size)
-        self._video_started = True
-        return True, None
-
-    def _video_path(self, manifest: Manifest, item: Item) -> str:
-        media = manifest.media_by_id(item.media)
-        path = self._media.path_for(media.sha256) if media is not None else None
-        if path is None:
-            raise VideoError("media not verified in the cache")
-        return path
-
-    def _video_opening(self, scene: Scene, manifest: Manifest, item: Item, main: pygame.Rect,
-                       mono: float) -> tuple[VideoPlayback, float]:
-        if self._opening is not None and self._opening[0] == scene.showing_id:
-            return self._opening[1], self._opening[2]
-        if self._opening is not None:
-            self._opening[1].close()
-        key = (item, self._video_path(manifest, item), main.size)
-        if self._next_video is not None and self._next_video[0] == key:
-            playback = self._next_video[1]
-            self._next_video = None
-        else:
-            playback = self._video_backend.open(self._video_path(manifest, item), main.size, item.duration_s, self._wake)
-        self._opening = (scene.showing_id, playback, mono)
-        return playback, mono
+        return self._videos.ready_for(scene.showing_id, scene.manifest, scene.item, main, mono), None
 
     def _prepare_upcoming(self, scene: Scene, size: tuple[int, int]) -> None:
         upcoming = (scene.upcoming, scene.manifest, size)
@@ -368,16 +311,8 @@ class Renderer:
         self._asked_to_prepare = upcoming
         if scene.upcoming.type != "video":
             self._slides.prepare(scene.manifest, scene.upcoming, size)
-            return
-        if self._next_video is not None:
-            self._next_video[1].close()
-            self._next_video = None
-        try:
-            path = self._video_path(scene.manifest, scene.upcoming)
-        except VideoError:
-            return  # reported when its turn comes and it fails again
-        playback = self._video_backend.open(path, size, scene.upcoming.duration_s, self._wake)
-        self._next_video = ((scene.upcoming, path, size), playback)
+        else:
+            self._videos.prefetch(scene.manifest, scene.upcoming, size)
 
     # --- drawing a scene ------------------------------------------------------------------------
 
@@ -397,14 +332,15 @@ class Renderer:
             self._contained("alert", lambda: self._set_clock(painters.draw_alert(canvas, self._fonts, alert, local)),
                             lambda: painters.draw_plain_alert(canvas, self._fonts))
             return
-        if scene.mode == "item" and picture is None and self._video is not None:
+        videos = self._videos
+        if scene.mode == "item" and picture is None and videos.playing is not None:
             self._fade_from = None
-            if self._video_started:  # the first frame of a new playback; a replayed scene keeps its picture
-                self._video_started = False
+            if videos.just_started:  # the first frame of a new playback; a replayed scene keeps its picture
+                videos.just_started = False
                 canvas.fill(painters.BLACK, main)
-                first = self._video.frame(mono)
+                first = videos.playing.frame(mono)
                 if first is not None:
-                    canvas.blit(first, self._video_rect)
+                    canvas.blit(first, videos.rect)
         elif scene.mode == "item" and picture is not None:
             if self.settings.crossfade_ms > 0 and self.frames > 0 and scene.showing_id != self._drawn_showing:
                 self._fade_from = canvas.subsurface(main).copy()
