@@ -152,10 +152,11 @@ class Handler(BaseHTTPRequestHandler):
         if self._take("drip_times"):
             self._drip(status, body, {"Content-Length": str(len(body)), **(headers or {})})
             return
+        # Recorded before answering: a client that has the answer can rely on the record being there.
+        self._record(status, len(body))
         self._head(status, {"Content-Length": str(len(body)), **(headers or {})})
         if body and self.command != "HEAD":
             self.wfile.write(body)
-        self._record(status, len(body))
 
     def _drip(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         """A hostile or broken server: one byte, a pause, one byte… until the client gives up."""

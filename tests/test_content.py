@@ -205,3 +205,26 @@ def test_problems_of_withdrawn_media_go_with_the_manifest(harness: Harness, cont
     errors = harness.problems.current()
     assert not any("media gone" in e for e in errors)  # withdrawn media: its problem is gone
     assert any("item i1 failed" in e for e in errors)  # i1 is still in the manifest: still reported
+
+
+def test_the_folder_source_keeps_the_cache_within_cache_max_mb(tmp_path: Path, content_folder: ContentFolder,
+                                                                public_key_b64: str) -> None:
+    harness = Harness(tmp_path, content_folder, [public_key_b64], cache_limit=250_000)
+
+    def publish(serial: int) -> str:
+        path = content_folder.root / "media" / f"blob{serial}.png"
+        path.write_bytes(bytes([serial]) * 100_000)
+        entry = media_entry(path, f"m{serial}", "image/png")
+        content_folder.publish(base_manifest(serial, media=[entry], items=[
+            {"id": f"i{serial}", "type": "image", "media": f"m{serial}", "duration_s": 5}]))
+        return str(entry["sha256"])
+
+    first = [publish(1)]
+    harness.source.check()
+    for serial in (2, 3, 4):
+        first.append(publish(serial))
+        harness.source.check()
+        assert harness.serial() == serial and harness.store.path_for(first[-1]) is not None
+        assert harness.store.bytes_used() <= 250_000
+    assert harness.store.path_for(first[0]) is None  # the oldest went to make room
+    assert not any("do not fit" in e for e in harness.problems.current())

@@ -302,8 +302,8 @@ def source() -> Iterator[ReferenceServer]:
     server.stop()
 
 
-def http_board(tmp_path: Path, server: ReferenceServer, keys: list[str], **settings: Any) -> tuple[HttpSource, Content,
-                                                                                                     list[float]]:
+def http_board(tmp_path: Path, server: ReferenceServer, keys: list[str], stop: threading.Event | None = None,
+               **settings: Any) -> tuple[HttpSource, Content, list[float]]:
     from agent.sync.client import HttpClient
 
     store = MediaStore(tmp_path / "state" / "media")
@@ -316,7 +316,7 @@ def http_board(tmp_path: Path, server: ReferenceServer, keys: list[str], **setti
     client = HttpClient(http.client_settings(), offsets.append)
     from agent import schedule
 
-    source = HttpSource(http, content, store, Problems(), threading.Event(), lambda: None,
+    source = HttpSource(http, content, store, Problems(), stop or threading.Event(), lambda: None,
                         lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None), client,
                         rng=random.Random(3))
     return source, content, offsets
@@ -352,7 +352,8 @@ def test_a_media_hosts_retry_after_never_delays_manifest_polls(tmp_path, source,
     try:
         cdn.state.faults = Faults(unavailable_times=100, retry_after_s=86400)
         cdn_manifest(source, cdn, private_key, tmp_path)
-        http, _content, _ = http_board(tmp_path, source, [public_key_b64])
+        stop = threading.Event()
+        http, _content, _ = http_board(tmp_path, source, [public_key_b64], stop)
         http.start()
         try:
             wait_for(lambda: cdn.requests_to(".png"), timeout=15, what="the media host's 503")
@@ -361,8 +362,7 @@ def test_a_media_hosts_retry_after_never_delays_manifest_polls(tmp_path, source,
                      what="manifest polls going on at their own interval")
             assert len(cdn.requests_to(".png")) == 1  # the CDN waits its hour alone (Retry-After capped at 1 h)
         finally:
-            http.stop()
-            http._stop.set()
+            stop.set()
             http.join(5)
     finally:
         cdn.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -52,13 +53,13 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 
 
 def make_reporter(server: ReferenceServer, outbox: Outbox, *, heartbeat_s: float = 3600, upload_s: float = 3600,
-                  batch: int = 50, heartbeat: Any = None) -> tuple[Reporter, Problems, threading.Event]:
+                  batch: int = 50, heartbeat: Any = None, seed: int = 4) -> tuple[Reporter, Problems, threading.Event]:
     problems, stop = Problems(), threading.Event()
     client = HttpClient(ClientSettings(server.base_url, "tok", None, "bangtin-agent/test", read_timeout_s=5))
     reporter = Reporter(client, device_url=f"{server.base_url}/devices/{DEVICE}", device_id=DEVICE, outbox=outbox,
                         heartbeat=heartbeat or (lambda: {"device": DEVICE, "errors": []}), problems=problems, stop=stop,
                         heartbeat_interval_s=heartbeat_s, upload_interval_s=upload_s, batch_size=batch,
-                        today=lambda: "2026-11-26", rng=random.Random(4))
+                        today=lambda: "2026-11-26", rng=random.Random(seed))
     return reporter, problems, stop
 
 
@@ -101,7 +102,8 @@ def test_duplicate_delivery_is_harmless(server, outbox) -> None:
     outbox.add([record(n) for n in range(5)])
     reporter, _, _ = make_reporter(server, outbox)
     reporter.upload_pending()
-    outbox._conn().execute("UPDATE records SET uploaded = 0")  # as if the 2xx was lost after the source stored them
+    with sqlite3.connect(outbox.path) as db:  # as if the 2xx was lost after the source stored them
+        db.execute("UPDATE records SET uploaded = 0")
     reporter.upload_pending()
     assert server.state.playlog_batches == 2 and len(server.state.playlogs) == 5
 
@@ -113,9 +115,8 @@ def test_heartbeats_go_periodically_and_a_missed_one_is_not_queued(server, outbo
         beats.append(time.monotonic())
         return {"device": DEVICE, "n": len(beats)}
 
-    reporter, problems, stop = make_reporter(server, outbox, heartbeat_s=0.5, heartbeat=heartbeat)
+    reporter, problems, stop = make_reporter(server, outbox, heartbeat_s=0.5, heartbeat=heartbeat, seed=1)
     server.state.faults = Faults(unavailable_times=2, apply_to="all")
-    reporter._rng = random.Random(1)
     reporter.start()
     try:
         wait_for(lambda: len(server.state.heartbeats) >= 3, timeout=15, what="three heartbeats")
@@ -134,7 +135,8 @@ def test_cap_folds_the_oldest_records_into_daily_summaries(tmp_path) -> None:
     box.add([record(n, item="i1" if n % 2 else "i2", day="2026-11-20", completed=n % 5 != 0) for n in range(1000)])
     box.add([record(1000 + n, day="2026-11-21") for n in range(300)])
     box.enforce_limits("2026-11-26")
-    assert box._conn().execute("SELECT COUNT(*) FROM records").fetchone()[0] == 1000
+    with sqlite3.connect(box.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 1000
     assert box.summarised() == 300
     report = build_report(tmp_path / "o.sqlite", "2026-11-20", "2026-11-21")
     by_item = {entry["item"]: entry for entry in report["items"]}
@@ -151,7 +153,8 @@ def test_journal_keeps_uploaded_records_for_the_report_then_prunes_by_age(tmp_pa
     assert box.pending() == 1
     assert [e["count"] for e in build_report(tmp_path / "o.sqlite", None, None)["items"]] == [3]
     box.enforce_limits("2026-11-26")
-    remaining = [r[0] for r in box._conn().execute("SELECT id FROM records ORDER BY seq")]
+    with sqlite3.connect(box.path) as db:
+        remaining = [r[0] for r in db.execute("SELECT id FROM records ORDER BY seq")]
     assert remaining == ["r000002", "r000003"]  # old *and* uploaded goes; never one still pending
     box.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import random
 import re
@@ -235,10 +236,8 @@ def test_a_stalled_server_does_not_hang_the_board(tmp_path, server, private_key,
     publish(server, private_key, 1, {"m1": media_file(tmp_path, "a.png", 1000)})
     server.state.faults = Faults(stall_s=4, stall_times=1, apply_to="manifest")
     board = Board(tmp_path, server, keys, read_timeout=1.0)
-    started = time.monotonic()
-    with pytest.raises(SourceError, match=r"timed out|cannot reach"):
+    with pytest.raises(SourceError, match=r"timed out|cannot reach"):  # a 1 s read timeout, not the 4 s stall
         board.source.sync_once()
-    assert time.monotonic() - started < 3.5
     board.source.sync_once()
     assert board.serial() == 1
 
@@ -291,6 +290,51 @@ def test_cache_limit_evicts_old_media_never_the_current_manifests(tmp_path, serv
     board.source.sync_once()  # the new manifest alone does not fit: refused, reported, old plays on
     assert "900000 bytes do not fit in storage.cache_max_mb" in board.errors()
     assert board.store.path_for(sha["2"]) and board.store.path_for(sha["3"])
+
+
+def test_a_new_manifest_that_does_not_fit_beside_the_old_one_replaces_it_and_arrives_whole(
+        tmp_path, server, private_key, keys) -> None:
+    """Turnover: the old manifest's media go (never the one on screen), the rest is fetched, and in the
+    end every new item is playable, without waiting for another manifest."""
+    files = {name: media_file(tmp_path, f"{name}.png", 400_000, seed=n) for n, name in enumerate("abcd")}
+    sha = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
+    board = Board(tmp_path, server, keys, cache_limit=1_000_000)
+    publish(server, private_key, 1, {"ma": files["a"], "mb": files["b"]})
+    board.source.sync_once()
+    assert board.serial() == 1
+    board.on_screen = {sha["a"]}  # item a is on screen
+    publish(server, private_key, 2, {"mc": files["c"], "md": files["d"]})
+    board.source.sync_once()
+    assert not (board.store.root / sha["b"]).exists()  # evicted to make room: not needed, not on screen
+    assert board.store.path_for(sha["a"]) is not None  # the picture on screen stays
+    assert board.serial() == 2 and board.store.path_for(sha["c"]) is not None
+    assert board.store.path_for(sha["d"]) is None and "do not fit" in board.errors()
+    board.on_screen = {sha["c"]}  # the switch took "a" off the screen; "c" shows
+    board.later(120)  # the missing media's own back-off passes: no manifest change needed
+    board.source.sync_once()
+    assert board.store.path_for(sha["c"]) and board.store.path_for(sha["d"])
+    assert not (board.store.root / sha["a"]).exists() and board.store.bytes_used() <= 1_000_000
+    assert "do not fit" not in board.errors()
+
+
+def test_eviction_takes_the_least_recently_shown_first(tmp_path) -> None:
+    store = MediaStore(tmp_path / "media")
+    store.open()
+    shas = []
+    for n in range(3):
+        data = random.Random(n).randbytes(100_000)
+        shas.append(hashlib.sha256(data).hexdigest())
+        store.import_stream(io.BytesIO(data), shas[-1], len(data), f"m{n}")
+    now = time.time()
+    store.touch(shas[0], now - 10)  # downloaded first, shown last: it is kept
+    store.touch(shas[1], now - 300)
+    store.touch(shas[2], now - 200)
+    assert store.make_room(100_000, 300_000, keep=set())
+    assert store.path_for(shas[1]) is None and store.path_for(shas[0]) and store.path_for(shas[2])
+    again = MediaStore(tmp_path / "media")  # the order survives a restart (the mtimes)
+    again.open()
+    assert again.make_room(100_000, 200_000, keep=set())
+    assert not (tmp_path / "media" / shas[2]).exists() and (tmp_path / "media" / shas[0]).exists()
 
 
 def test_unreachable_source_is_reported_and_content_stays(tmp_path, server, private_key, keys) -> None:
@@ -469,9 +513,8 @@ def test_stop_during_a_stalled_download_does_not_wait_for_the_read_timeout(tmp_p
     wait_for(lambda: server.requests_to("/manifest"), timeout=15, what="the first poll")
     wait_for(lambda: server.state.faults.stall_times == 0, timeout=10, what="the media request to stall")
     board.stop.set()
-    started = time.monotonic()
-    board.source.join(2)
-    assert time.monotonic() - started < 2.5  # shutdown does not wait out a 30 s read timeout
-    assert board.source.is_alive() and board.source.blocked_in_network_io()  # abandoned, and it says why
+    board.source.join(2)  # a clean stop gives each thread a few seconds, never a 30 s read timeout
+    # Still in its read, and it says so: the agent leaves it behind rather than wait, and logs why.
+    assert board.source.is_alive() and board.source.blocked_in_network_io()
     wait_for(lambda: not board.source.is_alive(), timeout=25, what="the thread to end once the stall ends")
     assert board.store.path_for(hashlib.sha256((tmp_path / "site" / "slow.png").read_bytes()).hexdigest()) is None
