@@ -151,7 +151,7 @@ def opened(path: Path) -> Any:
 def test_unsupported_input_is_a_clear_error(tmp_path) -> None:
     text = tmp_path / "notes.mp4"
     text.write_text("không phải video")
-    assert "cannot open video" in (opened(text).error() or "")
+    assert "cannot read the video's size: not an MP4 file" in (opened(text).error() or "")
 
 
 def test_a_video_over_the_size_limit_is_refused_before_decoding(tmp_path) -> None:
@@ -215,7 +215,7 @@ def test_a_corrupt_video_is_skipped_and_reported_while_the_rest_plays(
         media=[video_entry(bad), media_entry(png, "i1", "image/png")])
     agent = agent_factory(config).start()
     wait_for(lambda: agent.status()["current_item"] == "ok", timeout=10, what="the image after the skip")
-    assert any("item bad failed to load: cannot open video" in e for e in agent.status()["errors"])
+    assert any("item bad failed to load: cannot read the video's size" in e for e in agent.status()["errors"])
     assert near(agent.screenshot().get_at((320, 200)), GREEN, 12)
     assert [r["reason"] for r in agent.records() if r["item"] == "bad"] == ["error"]
 
@@ -228,3 +228,27 @@ def test_a_board_that_cannot_keep_up_says_so_with_the_measured_rate() -> None:
     assert report is not None and "plays at 12.0 of its 30 frames/s" in report and "72 dropped" in report
     stats.presented = 10
     assert slow_report(stats, (320, 180), 101.0) is None  # too early to judge
+
+
+def test_the_picture_size_is_read_from_the_mp4_boxes_not_from_an_audio_track(tmp_path) -> None:
+    import av
+
+    from agent.display.videoheader import mp4_picture_size
+
+    path = tmp_path / "with-sound.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 640, 360, "yuv420p"
+        sound = container.add_stream("aac", rate=44100)
+        for n in range(3):
+            frame = av.VideoFrame(640, 360, "yuv420p")
+            frame.pts = n
+            for packet in video.encode(frame):
+                container.mux(packet)
+        silence = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+        for plane in silence.planes:
+            plane.update(bytes(plane.buffer_size))
+        silence.sample_rate, silence.pts = 44100, 0
+        for packet in [*sound.encode(silence), *sound.encode(), *video.encode()]:
+            container.mux(packet)
+    assert mp4_picture_size(path) == (640, 360)  # not 44100 from the audio entry's sample rate

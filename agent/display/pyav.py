@@ -22,6 +22,7 @@ from typing import Any
 import pygame
 
 from agent.display.video import VideoError, VideoStats, fit_size
+from agent.display.videoheader import check_video_file
 from agent.limits import MAX_VIDEO_SIZE
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class PyAVPlayback:
         import av
 
         last = None
+        check_video_file(self.path)  # from the MP4 boxes: FFmpeg's own probing decodes frames
         try:
             container = av.open(self.path)
         except av.error.FFmpegError as exc:
