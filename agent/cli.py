@@ -191,6 +191,13 @@ def format_status(status: dict[str, Any]) -> str:
     if download:
         eta = f", about {download['eta_s']} s left" if download.get("eta_s") is not None else ""
         lines.append(f"downloading     {download['media']}: {download['bytes_done']}/{download['bytes_total']} bytes{eta}")
+    update = status.get("update") or {}
+    if update.get("state") == "off":
+        lines.append(f"update          off ({update.get('reason')})")
+    elif update:
+        detail = f": {update['error']}" if update.get("error") else ""
+        lines.append(f"update          release {update.get('serial', '-')} ({update.get('version', '-')}) "
+                     f"{update.get('state')}{detail}")
     errors = status.get("errors") or []
     lines.append(f"errors          {len(errors) or 'none'}")
     lines.extend(f"  - {error}" for error in errors)

@@ -126,6 +126,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     manifest_keys: tuple[str, ...] = setting((), check=_keys)
+    release_keys: tuple[str, ...] = setting((), check=_keys)  # agent releases (§11); empty = no self-update
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,11 @@ class DisplayConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    health_s: int = setting(120, check=_in_range(30, 3600))  # a new release must show content this long
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: str = setting("/run/bangtin/control.sock", path=True)
 
@@ -178,6 +184,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     path: str = ""  # the file it came from, for messages and `ctl --config`
 
     def token(self) -> str | None:

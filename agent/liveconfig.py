@@ -33,7 +33,7 @@ HOT_KEYS = {
     "source.poll_interval_s", "report.heartbeat_interval_s", "report.upload_interval_s", "report.batch_size",
     "report.outbox_max_records", "report.journal_days", "display.fps", "display.crossfade_ms", "display.splash_title",
     "display.power_on_command", "display.power_off_command", "mqtt.url", "mqtt.topic_prefix", "mqtt.keepalive_s",
-    "mqtt.ca_file",
+    "mqtt.ca_file", "update.health_s",
 }
 
 

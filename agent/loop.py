@@ -84,6 +84,7 @@ class ScreenState:
     screen_on: bool = True
     screen_mode: str = "auto"
     alert_active: bool = False
+    emergency: bool = False  # an alert or an emergency item is on screen
     alerts: tuple[Alert, ...] = ()
     frame_ms: tuple[tuple[str, float], ...] = ()
     video: tuple[tuple[str, Any], ...] | None = None
@@ -107,6 +108,7 @@ class DisplayLoop:
         screen_lit: Callable[[bool], None],
         shown: Callable[[Scene], None],
         healthy: Callable[[], None],
+        showing: Callable[[], None],
         one_line_state: Callable[[ScreenState], str],
         quit_on_escape: bool,
         request_stop: Callable[[], None],
@@ -121,12 +123,15 @@ class DisplayLoop:
         self._screen_lit = screen_lit  # the screen-power service: a cheap, non-blocking call
         self._shown = shown  # a new showing began (the cache marks its media as shown)
         self._healthy = healthy  # content shown for HEALTHY_AFTER_S: the start guard is told (off-thread)
+        self._showing = showing  # the first scene drawn after start (the launcher's trial counts from it)
         self._one_line_state = one_line_state
         self._quit_on_escape = quit_on_escape
         self._request_stop = request_stop
         self._mono = mono
         self._started = mono()
         self._told_healthy = False
+        self._told_showing = False
+        self.running = False  # set by run(): the services are up, what is drawn now is the board's content
         self._status_due = 0.0
         self._publish_due = 0.0
         self._last_showing: str | None = None
@@ -145,6 +150,7 @@ class DisplayLoop:
     # --- the display thread ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self.running = True
         done: list[tuple[_Work, Any, BaseException | None]] = []
         while not stop.is_set():
             deadline = self.safe_step()
@@ -219,6 +225,9 @@ class DisplayLoop:
             frame = self.renderer.render(scene, now, mono)
             if not frame.waiting:
                 self.player.presented(self.renderer.drawn_showing, now, mono)
+                if self.running and not self._told_showing:
+                    self._told_showing = True
+                    self._showing()
             if frame.notice is not None and scene.item is not None:
                 self._problems.report(f"video:{scene.item.id}", f"video {scene.item.id} {frame.notice}")
             if frame.finished_showing is not None:
@@ -258,6 +267,7 @@ class DisplayLoop:
                    or player.manifest_serial != self.state.manifest_serial
                    or status["screen_mode"] != self.state.screen_mode
                    or status["alert_active"] != self.state.alert_active
+                   or status["emergency"] != self.state.emergency
                    or tuple(player.active_alerts()) != self.state.alerts)
         if not changed and mono < self._publish_due:
             return
@@ -269,6 +279,7 @@ class DisplayLoop:
             screen_on=bool(status["screen_on"]),
             screen_mode=str(status["screen_mode"]),
             alert_active=bool(status["alert_active"]),
+            emergency=bool(status["emergency"]),
             alerts=tuple(player.active_alerts()),
             frame_ms=tuple(self.renderer.frame_cost_summary().items()),
             video=tuple(video.items()) if video is not None else None,

@@ -58,11 +58,13 @@ from agent.sync.http import HttpSettings, HttpSource
 from agent.sync.mqtt import MqttLink, MqttSettings, MqttSlot, broker_urls
 from agent.sync.reporter import Reporter
 from agent.systemd import Notifier
+from agent.update import Updater, base_python, update_paths
 from agent.writer import DiskWriter
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_RESTART = 75  # to the launcher: start again (a new release is in place)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Lifecycle:
     set_aside: bool = False  # this start set restored content aside (three failed starts before it)
     restart_requested: bool = False  # the `restart` command: exit for the service manager
     exec_restart: bool = False  # a cold config edit: re-execute in place (same PID, unit stays active)
+    update_restart: bool = False  # a new release is installed: exit for the launcher to start it
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Board:
     power: ScreenPower
     control: ControlServer
     config_watcher: ConfigWatcher | None
+    updater: Updater
     status: StatusBuilder
 
 
@@ -138,13 +142,16 @@ def build(config: Config) -> Board:
         inbox, renderer, player, problems, notifier, now=clock.now, screen_lit=power.set,
         shown=lambda scene: _mark_shown(store, scene),
         healthy=lambda: writer.call(guard.ended_well),
+        showing=lambda: notifier.send("BANGTIN_SHOWING=1"),  # the launcher's trial of a new release counts from here
         one_line_state=lambda state: _one_line_state(content, problems, state),
         quit_on_escape=not config.display.fullscreen, request_stop=lambda: _request_stop(lifecycle, inbox),
     )
 
     def on_change() -> None:
         inbox.wake()
-        mqtt.request_presence()  # `mqtt` is bound below, before any source thread starts
+        mqtt.request_presence()  # `mqtt` and `updater` are bound below, before any source thread starts
+        manifest = content.current()
+        updater.offer(manifest.release if manifest is not None else None)
 
     def prepare() -> bool:
         return _verify_cache(content, clock, loop, lifecycle.set_aside)
@@ -193,6 +200,14 @@ def build(config: Config) -> Board:
                         on_refused=commands.drop)
 
     mqtt = MqttSlot(make_link, _mqtt_settings(config), stop)
+    updater = Updater(
+        update_paths(), load_trusted_keys(config.security.release_keys), device_id=config.device.id,
+        groups=config.device.groups, manifest_url=source.settings.manifest_url if isinstance(source, HttpSource) else "",
+        downloader=source.downloader if isinstance(source, HttpSource) else None, stop=stop,
+        health_s=lambda: lifecycle.config.update.health_s,
+        may_download=lambda: not loop.state.emergency and not (isinstance(source, HttpSource) and source.busy()),
+        restart=lambda: _request_update_restart(lifecycle, inbox), python=base_python(),
+        report=lambda problem: problems.report("update", problem) if problem else problems.resolve("update"))
     if client is not None:
         reporter = Reporter(
             client, device_url=f"{config.source.url.rstrip('/')}/devices/{config.device.id}",
@@ -208,7 +223,7 @@ def build(config: Config) -> Board:
         cache_bytes=store.bytes_used, records_pending=lambda: outbox.pending() + writer.pending_records(),
         records_summarised=outbox.summarised, errors=problems.current, source=source, reporter=reporter,
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
-        storage=writer.health, readings=hardware.readings,
+        storage=writer.health, readings=hardware.readings, update=updater.health,
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
     config_watcher = ConfigWatcher(
@@ -217,7 +232,7 @@ def build(config: Config) -> Board:
         lambda found: _config_refused(problems, found), stop) if config.path else None
     return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
                  command_log, player, renderer, loop, client, source, reporter, mqtt, power, control, config_watcher,
-                 status)
+                 updater, status)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -251,14 +266,17 @@ def run_board(board: Board) -> int:
         lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.player, board.clock,
                                        board.problems)
         services.start(board.writer)
-        for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher):
+        manifest = board.content.current()
+        board.updater.offer(manifest.release if manifest is not None else None)
+        for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher,
+                     board.updater):
             if part is not None:
                 services.start(part)
         board.loop.run(lifecycle.stop)
         clean = True
     finally:
-        if not lifecycle.exec_restart:
-            board.notifier.stopping()  # a re-exec keeps the unit active: READY comes again from the new process
+        if not (lifecycle.exec_restart or lifecycle.update_restart):
+            board.notifier.stopping()  # a restart in place keeps the unit active: READY comes again
         board.player.shutdown(board.clock.now(), time.monotonic())
         lifecycle.stop.set()
         if clean:
@@ -271,8 +289,9 @@ def run_board(board: Board) -> int:
         if board.client is not None and not board.source.is_alive() and not (board.reporter and board.reporter.is_alive()):
             board.client.close()
         _restore_signals(previous_handlers)
-    log.info("stopped cleanly%s", " (restart requested)" if lifecycle.restart_requested else "")
-    return EXIT_OK
+    log.info("stopped cleanly%s", " (restart requested)" if lifecycle.restart_requested else
+             " (to start a new release)" if lifecycle.update_restart else "")
+    return EXIT_RESTART if lifecycle.update_restart else EXIT_OK
 
 
 def run(config: Config) -> int:
@@ -465,6 +484,11 @@ def _request_stop(lifecycle: Lifecycle, inbox: Inbox) -> None:
 
 def _request_restart(lifecycle: Lifecycle, inbox: Inbox) -> None:
     lifecycle.restart_requested = True
+    _request_stop(lifecycle, inbox)
+
+
+def _request_update_restart(lifecycle: Lifecycle, inbox: Inbox) -> None:
+    lifecycle.update_restart = True
     _request_stop(lifecycle, inbox)
 
 

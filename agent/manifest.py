@@ -27,6 +27,7 @@ from agent.models import (
     Manifest,
     ManifestRejected,
     Media,
+    ReleaseRef,
     Theme,
     TickerLine,
     TimeWindow,
@@ -312,7 +313,22 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
         default_item=default_item,
         audience=audience,
         signed_by=signed_by,
+        release=_parse_release(top),
     )
+
+
+def _parse_release(top: _Reader) -> ReleaseRef | None:
+    if top.data.get("release") is None:
+        return None
+    release = top.obj("release")
+    url = release.text("url", required=True) or ""
+    sha = release.text("sha256", required=True, max_chars=64) or ""
+    if not SHA256_PATTERN.match(sha):
+        raise release.fail("sha256", "64 lowercase hex digits", sha)
+    size = release.data.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 1024 * 1024:
+        raise release.fail("size", "a byte count from 1 to 1048576", size)
+    return ReleaseRef(check_media_url(url, release.where("url")), sha, size)
 
 
 def _require_unique(ids: list[str], where: str) -> None:

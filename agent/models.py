@@ -113,6 +113,15 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class ReleaseRef:
+    """The signed release document a manifest names (PROTOCOL.md §11)."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     serial: int
     issued_at: dt.datetime
@@ -125,6 +134,7 @@ class Manifest:
     default_item: str | None
     audience: tuple[str, ...] | None = None
     signed_by: str | None = None  # keyid of the key that verified it; None for a bare manifest
+    release: ReleaseRef | None = None  # the agent release the board should run (§11); None = keep what it has
 
     def media_by_id(self, media_id: str | None) -> Media | None:
         for media in self.media:

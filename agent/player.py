@@ -157,6 +157,8 @@ class Player:
             "screen_on": self._screen_on,
             "screen_mode": self._screen_mode,
             "alert_active": self.alert_active,
+            "emergency": self.alert_active or (showing is not None and showing.item is not None
+                                               and showing.item.priority == "emergency"),
         }
 
     def ends_at(self) -> float | None:

@@ -49,15 +49,18 @@ class Heartbeat:
     errors: tuple[str, ...]
     readings: Mapping[str, Any] = field(default_factory=dict)
     outbox_summarised: int = 0  # records folded into daily summaries by the cap (0: left out)
+    update: Mapping[str, Any] | None = None  # §11, when self-update is on
 
     def to_json(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("readings", "outbox_summarised")}
+                if f.name not in ("readings", "outbox_summarised", "update")}
         body["cache"] = dataclasses.asdict(self.cache)
         body["errors"] = list(self.errors)
         body.update(self.readings)
         if self.outbox_summarised:
             body["outbox_summarised"] = self.outbox_summarised
+        if self.update is not None and self.update.get("state") != "off":
+            body["update"] = dict(self.update)
         return body
 
 
@@ -74,9 +77,11 @@ class Status:
     alerts: Sequence[Mapping[str, Any]]
     display: Mapping[str, Any]
     storage: Mapping[str, Any]
+    update: Mapping[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.heartbeat.to_json(), "screen_mode": self.screen_mode, "source": self.source,
+        return {**self.heartbeat.to_json(), "update": dict(self.update), "screen_mode": self.screen_mode,
+                "source": self.source,
                 "sync": dict(self.sync), "report": dict(self.report) if self.report is not None else None,
                 "mqtt": dict(self.mqtt) if self.mqtt is not None else None, "alerts": list(self.alerts),
                 "display": dict(self.display), "storage": dict(self.storage)}
@@ -114,6 +119,7 @@ class StatusParts:
     display: Callable[[], Mapping[str, Any]]
     storage: Callable[[], Mapping[str, Any]]
     readings: Callable[[], Mapping[str, Any]]
+    update: Callable[[], Mapping[str, Any]]
 
 
 class StatusBuilder:
@@ -146,6 +152,7 @@ class StatusBuilder:
             errors=tuple(parts.errors()),
             readings=parts.readings() if with_readings else {},
             outbox_summarised=parts.records_summarised(),
+            update=parts.update(),
         )
 
     def status(self) -> Status:
@@ -162,6 +169,7 @@ class StatusBuilder:
             display={**parts.display(), "frame_ms": dict(screen.frame_ms),
                      "video": dict(screen.video) if screen.video is not None else None},
             storage=parts.storage(),
+            update=parts.update(),
         )
 
 

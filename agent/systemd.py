@@ -40,7 +40,8 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message.encode("utf-8"), self._address)
+                # The render loop calls this: never wait on a busy service manager (a full queue drops it).
+                sock.sendto(message.encode("utf-8"), socket.MSG_DONTWAIT, self._address)
         except OSError as exc:  # systemd gone or socket full: never stop playing for it
             log.debug("sd_notify %r failed: %s", message, exc)
 

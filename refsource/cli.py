@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.envelope import MANIFEST_PAYLOAD_TYPE, keyid_of, open_envelope, sign_envelope
 from agent.limits import MAX_MANIFEST_BYTES
+from refsource.release import build_release, release_reference
 from refsource.server import ReferenceServer, SourceState
 
 DEFAULT_BASE_PATH = "/api/bangtin/v1"
@@ -60,7 +61,8 @@ def last_serial(site: Path, device: str) -> int:
 
 
 def publish(content: Path, site: Path, device: str, key: Path | None, serial: int | None = None,
-            base_path: str = DEFAULT_BASE_PATH, groups: tuple[str, ...] = ()) -> dict[str, Any]:
+            base_path: str = DEFAULT_BASE_PATH, groups: tuple[str, ...] = (),
+            release: Path | None = None) -> dict[str, Any]:
     """Sign `content` for one device. The audience names the device (and `groups`, when given) unless
     the folder's manifest.json sets its own: a signed manifest without one is refused (§3, v1.1)."""
     manifest = json.loads((content / "manifest.json").read_text(encoding="utf-8"))
@@ -79,6 +81,8 @@ def publish(content: Path, site: Path, device: str, key: Path | None, serial: in
     manifest.setdefault("audience", [device, *(f"group:{group}" for group in groups)])
     manifest["serial"] = serial if serial is not None else last_serial(site, device) + 1
     manifest.setdefault("issued_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    if release is not None:
+        manifest["release"] = release_reference(release, base_path)
     payload = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
     body = json.dumps(sign_envelope(payload, MANIFEST_PAYLOAD_TYPE, load_private_key(key))).encode() if key else payload
     out = site / "devices" / device / "manifest"
@@ -96,6 +100,10 @@ def load_site(site: Path, state: SourceState) -> None:
                 state.manifests[device.name] = (device / "manifest").read_bytes()
     for file in (site / "media").glob("*") if (site / "media").is_dir() else []:
         state.media[f"{state.base_path.rstrip('/')}/media/{file.name}"] = file
+    releases = site / "releases"
+    for file in releases.rglob("*") if releases.is_dir() else []:
+        if file.is_file():
+            state.media[f"{state.base_path.rstrip('/')}/releases/{file.relative_to(releases).as_posix()}"] = file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-path", default=DEFAULT_BASE_PATH)
     p.add_argument("--group", action="append", default=[], metavar="NAME",
                    help="also address the device's group NAME (audience group:NAME); repeatable")
+    p.add_argument("--release", type=Path, metavar="FILE", help="a release document (from `release`) the board should run")
+    r = commands.add_parser("release", help="sign a release of the agent from a folder of wheels (PROTOCOL.md §11)")
+    r.add_argument("--wheels", type=Path, required=True, help="the agent's wheel and its dependencies, every platform")
+    r.add_argument("--key", type=Path, required=True, help="the release signing key (keygen); not the content key")
+    r.add_argument("--version", required=True)
+    r.add_argument("--site", type=Path, required=True)
+    r.add_argument("--serial", type=int, help="default: the site's last release serial + 1")
+    r.add_argument("--device", action="append", default=[], metavar="ID", help="audience: this board; repeatable")
+    r.add_argument("--group", action="append", default=[], metavar="NAME", help="audience: group:NAME; repeatable")
     s = commands.add_parser("serve", help="serve a site over HTTP")
     s.add_argument("--site", type=Path, required=True)
     s.add_argument("--host", default="127.0.0.1")
@@ -125,9 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "publish":
         manifest = publish(args.content, args.site, args.device, args.key, args.serial, args.base_path,
-                           tuple(args.group))
+                           tuple(args.group), args.release)
         print(f"published serial {manifest['serial']} for {args.device} ({len(manifest.get('items', []))} items)"
               f"{'' if args.key else ' UNSIGNED'}")
+        return 0
+    if args.command == "release":
+        try:
+            path, document = build_release(args.wheels, load_private_key(args.key), args.version, args.site,
+                                           devices=tuple(args.device), groups=tuple(args.group), serial=args.serial)
+        except ValueError as exc:
+            print(f"refsource release: {exc}", file=sys.stderr)
+            return 2
+        print(f"{path}: release {document['serial']} ({document['version']}), {len(document['wheels'])} wheel(s)")
         return 0
     state = SourceState(base_path=args.base_path, token=args.token)
     load_site(args.site, state)

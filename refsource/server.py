@@ -44,6 +44,7 @@ class Faults:
     drip_times: int = 0
     drip_headers: bool = False  # drip the status line and headers too, not only the body
     apply_to: str = "media"  # "media", "manifest" or "all": which requests cut/stall/unavailable touch
+    only_path: str | None = None  # and, when set, only requests whose path contains this
 
 
 @dataclass
@@ -126,6 +127,8 @@ class Handler(BaseHTTPRequestHandler):
         faults = self.state.faults
         kind = "manifest" if self.path.endswith("/manifest") else "media"
         if faults.apply_to not in ("all", kind):
+            return False
+        if faults.only_path is not None and faults.only_path not in self.path:
             return False
         with self.state.lock:
             remaining = getattr(faults, counter)

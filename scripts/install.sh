@@ -11,6 +11,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 # Overridable for tests and staging images; a board uses the defaults.
 PREFIX=${BANGTIN_PREFIX:-/opt/bangtin}
 ETC=${BANGTIN_ETC:-/etc/bangtin}
+STATE=${BANGTIN_STATE:-/var/lib/bangtin}
 UNIT=${BANGTIN_UNIT:-/etc/systemd/system/bangtin-agent.service}
 SERVICE_USER=bangtin
 DRY_RUN=0
@@ -48,6 +49,29 @@ copy_source() {
     fi
     run chown -R root:root "$1"
     run chmod -R go-w "$1"
+}
+
+write_release_record() {
+    # releases/<n>/bangtin-release.json: the wheels a release was made from (by SHA-256).
+    echo "+ write $1/bangtin-release.json"
+    if [ "$DRY_RUN" -eq 0 ]; then
+        local shas
+        shas=$(sha256sum "$2"/*.whl | awk '{printf "%s\"%s\"", (NR>1?",":""), $1}')
+        printf '{"serial": 0, "version": "%s", "wheels": [%s]}\n' \
+            "$("$1/bin/python" -P -c 'import agent; print(agent.__version__)')" "$shas" > "$1/bangtin-release.json"
+    fi
+}
+
+keep_wheels() {
+    # Content-addressed like media: <store>/<sha256>, owned by the service (it adds to it).
+    echo "+ copy $1/*.whl to $2/<sha256>"
+    if [ "$DRY_RUN" -eq 0 ]; then
+        local wheel sha
+        for wheel in "$1"/*.whl; do
+            sha=$(sha256sum "$wheel" | cut -d' ' -f1)
+            install -m 0640 -o "$SERVICE_USER" -g "$SERVICE_USER" "$wheel" "$2/$sha"
+        done
+    fi
 }
 
 if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
@@ -88,12 +112,33 @@ run install -d -m 0755 "$PREFIX/src.new"
 copy_source "$PREFIX/src.new"
 run rm -rf "$PREFIX/src"
 run mv "$PREFIX/src.new" "$PREFIX/src"
-if [ ! -x "$PREFIX/venv/bin/python" ]; then
-    run python3 -m venv "$PREFIX/venv"
-fi
-run "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
-run "$PREFIX/venv/bin/python" -m pip install -q -c "$PREFIX/src/constraints.txt" "$PREFIX/src"
-run ln -sfn "$PREFIX/venv/bin/bangtin-agent" /usr/local/bin/bangtin-agent
+# Release 0 is this install: a venv in releases/0, beside which the board installs the releases the
+# province publishes (PROTOCOL.md §11, docs/updates.md). The wheels it is made from are kept in the
+# board's wheel store, so a later release that shares them downloads nothing more.
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+NEW="$PREFIX/releases/0.new"
+run rm -rf "$NEW"
+run install -d -m 0755 "$PREFIX/releases"
+run python3 -m venv "$NEW"
+run "$NEW/bin/python" -m pip install -q --upgrade pip
+run "$NEW/bin/python" -m pip wheel -q --no-deps -w "$BUILD" "$PREFIX/src"
+run "$NEW/bin/python" -m pip download -q -d "$BUILD" -c "$PREFIX/src/constraints.txt" "$PREFIX/src"
+run "$NEW/bin/python" -m pip install -q --no-index --find-links "$BUILD" "$BUILD"/*.whl
+write_release_record "$NEW" "$BUILD"
+run rm -rf "$PREFIX/releases/0"
+run mv "$NEW" "$PREFIX/releases/0"
+run rm -rf "$PREFIX/venv"  # the layout before releases
+run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE" "$STATE/update" "$STATE/update/wheels"
+keep_wheels "$BUILD" "$STATE/update/wheels"
+# A manual install is what runs from now on: a remote release comes again only with a higher serial.
+run rm -f "$STATE/update/current" "$STATE/update/trial.json"
+
+echo "== launcher in $PREFIX/launcher"
+run install -d -m 0755 "$PREFIX/launcher"
+run install -m 0755 "$PREFIX/src/launcher/bangtin_launch.py" "$PREFIX/launcher/bangtin-launch"
+run install -m 0755 "$PREFIX/src/launcher/bangtin-agent" "$PREFIX/launcher/bangtin-agent"
+run ln -sfn "$PREFIX/launcher/bangtin-agent" /usr/local/bin/bangtin-agent
 
 echo "== configuration in $ETC"
 run install -d -m 0750 -o root -g "$SERVICE_USER" "$ETC"

@@ -45,14 +45,14 @@ def test_unit_file_is_hardened_and_matches_the_config_defaults() -> None:
     assert "SDL_VIDEODRIVER=kmsdrm" in unit["Environment"]
     defaults = Config()
     assert defaults.storage.dir == "/var/lib/bangtin" and defaults.control.socket.startswith("/run/bangtin/")
-    assert unit["ExecStart"] == ["/opt/bangtin/venv/bin/bangtin-agent run --config /etc/bangtin/agent.yaml"]
+    assert unit["ExecStart"] == ["/opt/bangtin/launcher/bangtin-launch run --config /etc/bangtin/agent.yaml"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # ExecStart points where install.sh puts the agent; verify it with a binary that exists here.
     copy = tmp_path / "bangtin-agent.service"
-    copy.write_text(UNIT.read_text().replace("/opt/bangtin/venv/bin/bangtin-agent", "/usr/bin/env bangtin-agent"))
+    copy.write_text(UNIT.read_text().replace("/opt/bangtin/launcher/bangtin-launch", "/usr/bin/env bangtin-launch"))
     result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
@@ -67,9 +67,10 @@ def test_unit_file_exposure_is_ok_for_systemd_analyze_security() -> None:
     assert score <= 2.0, line
 
 
-@pytest.mark.parametrize("script", ["install.sh", "uninstall.sh", "bootstrap.sh", "test", "demo"])
+@pytest.mark.parametrize("script", ["scripts/install.sh", "scripts/uninstall.sh", "scripts/bootstrap.sh", "scripts/test",
+                                    "scripts/demo", "launcher/bangtin-agent"])
 def test_scripts_parse_and_pass_shellcheck(script: str) -> None:
-    path = ROOT / "scripts" / script
+    path = ROOT / script
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     if shutil.which("shellcheck"):
         result = subprocess.run(["shellcheck", "-x", str(path)], cwd=ROOT, capture_output=True, text=True)
@@ -89,7 +90,9 @@ def test_install_dry_run_changes_nothing_and_never_overwrites_the_config(tmp_pat
     out = result.stdout
     assert f"{etc}/agent.yaml exists: kept as it is" in out and f"{etc}/token exists: kept as it is" in out
     assert "+ systemctl enable bangtin-agent.service" in out
-    assert f"-m pip install -q -c {tmp_path}/opt/src/constraints.txt" in out
+    assert "-m pip download -q -d" in out and f"-c {tmp_path}/opt/src/constraints.txt" in out
+    assert "pip install -q --no-index --find-links" in out  # release 0 from exactly the wheels it keeps
+    assert f"{tmp_path}/opt/launcher/bangtin-launch" in out
     assert "--no-same-owner" in out and f"+ chown -R root:root {tmp_path}/opt/src.new" in out
     assert f"+ chmod -R go-w {tmp_path}/opt/src.new" in out
     assert not (tmp_path / "opt").exists() and not (tmp_path / "unit.service").exists()

@@ -19,19 +19,18 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
 from agent.limits import MAX_MANIFEST_BYTES
-from agent.models import Manifest, ManifestRejected, Media, MediaRejected
+from agent.models import Manifest, ManifestRejected, Media
 from agent.sync.client import Backoff, ClientSettings, HostBackoff, HttpClient, SourceError
+from agent.sync.download import Downloader, MediaFailure, PartialStore
 
 log = logging.getLogger(__name__)
 
-MIN_MEDIA_RATE = 4 * 1024  # bytes/s a download must average before its overall deadline cuts it
 MEDIA_RETRY_BASE_S = 60.0
 MEDIA_RETRY_CAP_S = 3600.0
 
@@ -46,14 +45,8 @@ class ManifestSink(Protocol):
     def media_changed(self) -> None: ...
 
 
-class MediaSink(Protocol):
+class MediaSink(PartialStore, Protocol):
     def verified(self) -> frozenset[str]: ...
-    def partial_size(self, sha256: str) -> int: ...
-    def open_partial(self, sha256: str, *, append: bool) -> AbstractContextManager[BinaryIO]: ...
-    def partial_validator(self, sha256: str) -> str | None: ...
-    def set_partial_validator(self, sha256: str, validator: str | None) -> None: ...
-    def discard_partial(self, sha256: str) -> None: ...
-    def finish_partial(self, sha256: str, size: int, label: str) -> None: ...
     def make_room(self, needed: int, limit: int, keep: set[str]) -> bool: ...
     def flush_shown(self) -> None: ...
 
@@ -94,15 +87,6 @@ class SyncOutcome:
     retry_media_in_s: float | None = None
 
 
-class MediaFailure(Exception):
-    """One media could not be fetched; str() is the whole message (it names the media)."""
-
-    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.retry_after = retry_after
-
-
 class HttpSource:
     """Owns the "http-source" thread: poll, download, switch; sleeps between with jitter."""
 
@@ -140,10 +124,10 @@ class HttpSource:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = client
+        self.downloader = Downloader(client, stop, lambda: self.settings.media_min_deadline_s)
         self._pending: tuple[Manifest, bytes, str | None] | None = None
         # sha256 → (back-off, monotonic time to try again): a 404 or wrong bytes are not fetched every poll.
         self._failed: dict[str, tuple[Backoff, float]] = {}
-        self._progress: dict[str, Any] | None = None
         self.last_sync_ok_at: float | None = None
 
     # --- thread ----------------------------------------------------------------------------------
@@ -176,11 +160,15 @@ class HttpSource:
         pending = self._pending
         return {
             "pending_manifest_serial": pending[0].serial if pending else None,
-            "download": dict(self._progress) if self._progress else None,
+            "download": self.downloader.progress(),
             "failures_in_a_row": self._poll_backoff.failures,
         }
 
     status = health
+
+    def busy(self) -> bool:
+        """Content is on its way (a new manifest's media, a download running): other transfers wait."""
+        return self._pending is not None or self.downloader.progress() is not None
 
     def _run(self) -> None:
         try:
@@ -282,7 +270,7 @@ class HttpSource:
                 continue
             try:
                 self._make_room(manifest, media)
-                self._download(media, url)
+                self.downloader.fetch(media, url, self._store, f"media {media.id}")
             except MediaFailure as exc:
                 self._problems.report(f"media:{media.id}", str(exc))
                 if exc.permanent:
@@ -319,71 +307,3 @@ class HttpSource:
             return
         raise MediaFailure(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
                            f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs", permanent=True)
-
-    def _download(self, media: Media, url: str) -> None:
-        store, sha, label = self._store, media.sha256, f"media {media.id}"
-        have = store.partial_size(sha)
-        validator = store.partial_validator(sha)
-        if have > media.size or (have and not validator):
-            store.discard_partial(sha)  # more than declared, or bytes we cannot prove belong together
-            have = 0
-        if have == media.size:
-            self._finish(media)
-            return
-        headers = {"Range": f"bytes={have}-", "If-Range": validator} if have and validator else {}
-        deadline_s = max(self.settings.media_min_deadline_s, (media.size - have) / MIN_MEDIA_RATE)
-        deadline = time.monotonic() + deadline_s
-        log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
-        try:
-            with self._client.get(url, headers, deadline_s) as reply:
-                if reply.status_code == 416:
-                    store.discard_partial(sha)  # the server says our offset is past its file: start over
-                    raise SourceError("416 Range Not Satisfiable: restarting the download")
-                if reply.status_code == 206:
-                    if not _content_range_starts_at(reply.headers.get("Content-Range"), have):
-                        store.discard_partial(sha)
-                        raise SourceError(f"206 for the wrong range ({reply.headers.get('Content-Range')})")
-                    append = True
-                elif reply.status_code == 200:
-                    have, append = 0, False  # the file changed (If-Range failed) or ranges are not supported
-                else:
-                    raise self._client.http_error(reply, "")
-                store.set_partial_validator(sha, reply.headers.get("ETag"))
-                have = self._receive(media, self._client.chunks(reply, deadline, self._stop), have, append)
-        except SourceError as exc:
-            raise MediaFailure(f"{label}: {exc}", permanent=exc.permanent, retry_after=exc.retry_after) from None
-        except OSError as exc:
-            raise MediaFailure(f"{label}: cannot write the partial file: {exc.strerror or exc}", permanent=False) from None
-        finally:
-            self._progress = None
-        if have < media.size:
-            raise MediaFailure(f"{label}: transfer ended at {have} of {media.size} bytes; will resume", permanent=False)
-        self._finish(media)
-
-    def _receive(self, media: Media, chunks: Iterator[bytes], have: int, append: bool) -> int:
-        started, started_at = have, time.monotonic()
-        with self._store.open_partial(media.sha256, append=append) as out:
-            for chunk in chunks:
-                have += len(chunk)
-                if have > media.size:
-                    out.close()
-                    self._store.discard_partial(media.sha256)
-                    raise SourceError(f"the server sent more than the declared {media.size} bytes", permanent=True)
-                out.write(chunk)
-                rate = (have - started) / max(1e-3, time.monotonic() - started_at)
-                self._progress = {"media": media.id, "bytes_done": have, "bytes_total": media.size,
-                                  "eta_s": round((media.size - have) / rate) if rate > 0 else None}
-        return have
-
-    def _finish(self, media: Media) -> None:
-        try:
-            self._store.finish_partial(media.sha256, media.size, f"media {media.id}")
-        except MediaRejected as exc:  # wrong bytes are thrown away, never shown
-            raise MediaFailure(str(exc), permanent=True) from None
-        except OSError as exc:
-            raise MediaFailure(f"media {media.id}: cannot store it: {exc.strerror or exc}", permanent=False) from None
-        log.info("media %s verified (%d bytes)", media.id, media.size)
-
-
-def _content_range_starts_at(value: str | None, start: int) -> bool:
-    return bool(value) and value.replace("bytes ", "").split("-", 1)[0].strip() == str(start)  # type: ignore[union-attr]
