@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--to", dest="date_to", type=_date, metavar="DATE", help="last day, YYYY-MM-DD (local)")
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    identity = commands.add_parser("identity", help="print the board's public key and fingerprint (made if missing)")
+    identity.add_argument("--config", required=True, type=Path, metavar="PATH")
+    identity.add_argument("--json", action="store_true", help="one JSON object (for scripts)")
+
     ctl = commands.add_parser("ctl", help="talk to the running agent over its control socket")
     ctl.add_argument("--config", required=True, type=Path, metavar="PATH")
     actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -106,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_or_report(args.config)
         if config is None:
             return EXIT_CONFIG
-        print(f"{args.config}: OK (device {config.device.id}, source {config.source.url})")
+        if config.enrolled:
+            print(f"{args.config}: OK (device {config.device.id}, source {config.source.url})")
+        else:
+            print(f"{args.config}: OK, not enrolled yet (the board shows its enrolment screen)")
         for warning in config_warnings(config):
             print(f"warning: {warning}")
         return EXIT_OK
@@ -127,11 +134,31 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(build_report(Path(config.storage.dir) / RECORDS_FILE, args.date_from, args.date_to),
                             args.format))
         return EXIT_OK
+    if args.command == "identity":
+        config = load_or_report(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        return print_identity(config, args.json)
     if args.command == "demo":
         from agent.demo import run_demo
 
         return run_demo(fullscreen=args.fullscreen, directory=args.dir)
     return ctl(args)
+
+
+def print_identity(config: Config, as_json: bool) -> int:
+    from agent.identity import IdentityError, load_or_create
+
+    try:
+        identity = load_or_create(Path(config.storage.dir))
+    except (IdentityError, OSError) as exc:
+        print(f"bangtin-agent identity: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if as_json:
+        print(json.dumps({"fingerprint": identity.fingerprint, "public_key": identity.public_b64}))
+    else:
+        print(f"fingerprint  {identity.fingerprint}\npublic key   {identity.public_b64}")
+    return EXIT_OK
 
 
 def ctl(args: argparse.Namespace) -> int:
@@ -174,7 +201,9 @@ def format_status(status: dict[str, Any]) -> str:
     display = status.get("display", {})
     cache = status.get("cache", {})
     lines = [
-        f"device          {status.get('device')}   agent {status.get('agent_version')}   up {status.get('uptime_s')} s",
+        f"device          {status.get('device') or '(not enrolled)'}   agent {status.get('agent_version')}   "
+        f"up {status.get('uptime_s')} s",
+        f"board key       {(status.get('identity') or {}).get('fingerprint') or (status.get('identity') or {}).get('error')}",
         f"source          {status.get('source')}",
         f"manifest        serial {status.get('manifest_serial')}, last sync {status.get('last_sync_ok_at') or 'never'}",
         f"on screen       {status.get('current_item') or '(splash)'}"

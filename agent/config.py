@@ -30,10 +30,11 @@ from agent.limits import show_value
 Check = Callable[[Any], str | None]  # returns what was expected when the value is wrong
 
 
-def setting(default: Any, *, check: Check | None = None, secret: bool = False, required: bool = False,
+def setting(default: Any, *, check: Check | None = None, secret: bool = False, enrols: bool = False,
             path: bool = False) -> Any:
-    """A config key: its default, an extra check, whether it is secret, required, a filesystem path."""
-    meta = {"check": check, "secret": secret, "required": required, "path": path}
+    """A config key: its default, an extra check, whether it is secret, a filesystem path, and
+    whether a board without it is not enrolled yet (it shows its enrolment screen, PROTOCOL.md §12)."""
+    meta = {"check": check, "secret": secret, "enrols": enrols, "path": path}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -97,6 +98,23 @@ def read_token_file(path: str) -> str:
     return token
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: str) -> str | None:
+    return None if value in LOG_LEVELS else f"one of {', '.join(LOG_LEVELS)}"
+
+
+CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _windows(value: tuple[tuple[str, str], ...]) -> str | None:
+    for window in value:
+        if len(window) != 2 or not all(CLOCK_TIME.fullmatch(end) for end in window):
+            return 'a list of ["HH:MM", "HH:MM"] windows (local time; an end before its start wraps past midnight)'
+    return None
+
+
 def _keys(value: tuple[str, ...]) -> str | None:
     for key in value:
         try:
@@ -110,13 +128,13 @@ def _keys(value: tuple[str, ...]) -> str | None:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    id: str = setting("", check=_device_id, required=True)
+    id: str = setting("", check=_device_id, enrols=True)
     groups: tuple[str, ...] = setting((), check=_groups)
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    url: str = setting("", check=_source_url, required=True)
+    url: str = setting("", check=_source_url, enrols=True)
     token: str | None = setting(None, secret=True, check=_token)
     token_file: str | None = setting(None, path=True)
     poll_interval_s: int = setting(300, check=_at_least(10))
@@ -127,6 +145,7 @@ class SourceConfig:
 class SecurityConfig:
     manifest_keys: tuple[str, ...] = setting((), check=_keys)
     release_keys: tuple[str, ...] = setting((), check=_keys)  # agent releases (§11); empty = no self-update
+    provision_keys: tuple[str, ...] = setting((), check=_keys)  # provisioning bundles (§12); empty = none taken
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,14 @@ class UpdateConfig:
 
 
 @dataclass(frozen=True)
+class DownloadsConfig:
+    # Large media wait for these local windows (a night tariff); empty = any time. Media up to
+    # `small_mb`, and every emergency item's media, download at once whatever the window.
+    windows: tuple[tuple[str, str], ...] = setting((), check=_windows)
+    small_mb: float = setting(2.0, check=_at_least(0))
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: str = setting("/run/bangtin/control.sock", path=True)
 
@@ -185,7 +212,19 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
+    downloads: DownloadsConfig = field(default_factory=DownloadsConfig)
+    log_level: str = setting("INFO", check=_log_level)
     path: str = ""  # the file it came from, for messages and `ctl --config`
+    dropins: tuple[str, ...] = ()  # the agent.d/*.yaml files merged over it, in order
+    explicit: frozenset[str] = frozenset()  # key paths the files set (they win over remote settings)
+
+    @property
+    def enrolled(self) -> bool:
+        """Both device.id and source.url are set: a board that knows who it is and where to sync."""
+        return not self.missing_for_enrolment()
+
+    def missing_for_enrolment(self) -> list[str]:
+        return [key for key, value in (("device.id", self.device.id), ("source.url", self.source.url)) if not value]
 
     def token(self) -> str | None:
         """The device token, from `source.token` or `source.token_file` (checked by check-config)."""
@@ -244,12 +283,17 @@ def _describe(value: Any, secret: bool) -> str:
     return show_value(value)
 
 
+NOT_KEYS = frozenset({"path", "dropins", "explicit"})  # Config fields that are not read from the file
+
+
 def _expected_type(annotation: Any) -> str:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     if annotation in names:
         return names[annotation]
+    if typing.get_origin(annotation) is tuple:
+        return "a list of windows" if typing.get_args(annotation)[0] is not str else "a list of strings"
     args = typing.get_args(annotation)
-    parts = [("a list of strings" if typing.get_origin(a) is tuple else names.get(a, "null")) for a in args]
+    parts = [_expected_type(a) if a is not type(None) else "null" for a in args]
     return " or ".join(dict.fromkeys(p for p in parts if p != "null")) + (" (or null)" if type(None) in args else "")
 
 
@@ -265,8 +309,12 @@ def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is str:
         return isinstance(value, str), value
     if typing.get_origin(annotation) is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return ok, tuple(value) if ok else value
+        if typing.get_args(annotation)[0] is str:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            return ok, tuple(value) if ok else value
+        # a list of [start, end] windows
+        ok = isinstance(value, list) and all(isinstance(w, list) and all(isinstance(v, str) for v in w) for w in value)
+        return ok, tuple(tuple(w) for w in value) if ok else value
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             if option is type(None):
@@ -280,23 +328,62 @@ def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
     raise TypeError(f"config schema uses an unsupported type {annotation!r}")
 
 
-def _all_key_paths(cls: type = Config, prefix: str = "") -> list[str]:
+def _schema_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if f.name not in NOT_KEYS]
+
+
+def _all_key_paths(cls: type = Config, prefix: str = "", *, leaves_only: bool = False) -> list[str]:
     paths = []
-    for fld in dataclasses.fields(cls):
-        if fld.name == "path":
-            continue
+    hints = typing.get_type_hints(cls)
+    for fld in _schema_fields(cls):
         key_path = f"{prefix}{fld.name}"
-        paths.append(key_path)
-        hints = typing.get_type_hints(cls)
         if dataclasses.is_dataclass(hints[fld.name]):
-            paths.extend(_all_key_paths(hints[fld.name], key_path + "."))
+            if not leaves_only:
+                paths.append(key_path)
+            paths.extend(_all_key_paths(hints[fld.name], key_path + ".", leaves_only=leaves_only))
+        else:
+            paths.append(key_path)
     return paths
 
 
+def leaf_keys() -> list[str]:
+    """Every key path a config file can set (`display.fps`, `log_level`, ...)."""
+    return _all_key_paths(leaves_only=True)
+
+
+def key_annotation(key_path: str) -> tuple[Any, Any]:
+    """(the type, the field) of a leaf key path such as `display.fps`; KeyError when there is none."""
+    cls: Any = Config
+    *sections, name = key_path.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+        if not dataclasses.is_dataclass(cls):
+            raise KeyError(key_path)
+    fields = {f.name: f for f in _schema_fields(cls)}
+    if name not in fields or dataclasses.is_dataclass(typing.get_type_hints(cls)[name]):
+        raise KeyError(key_path)
+    return typing.get_type_hints(cls)[name], fields[name]
+
+
+def check_value(key_path: str, raw: Any) -> tuple[Any, str | None]:
+    """(the value as the config holds it, None) or (None, what was wrong) for one leaf key: the same
+    rules a config file is held to (remote settings go through here too)."""
+    annotation, fld = key_annotation(key_path)
+    ok, value = _coerce(raw, annotation)
+    secret = fld.metadata["secret"]
+    if not ok:
+        return None, f"expected {_expected_type(annotation)}, found {_describe(raw, secret)}"
+    check = fld.metadata.get("check")
+    problem = check(value) if check is not None and value is not None else None
+    if problem:
+        return None, f"expected {problem}, found {_describe(raw, secret)}"
+    return value, None
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[str, str], None],
-           base_dir: Path) -> Any:
+           base_dir: Callable[[str], Path]) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
+    known = {f.name for f in _schema_fields(cls)}
     all_paths = _all_key_paths()
     for key in data:
         if not isinstance(key, str):
@@ -310,9 +397,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys here: {', '.join(sorted(known))}"
             report(key_path, f"unknown key{hint}")
     values: dict[str, Any] = {}
-    for fld in dataclasses.fields(cls):
-        if fld.name == "path":
-            continue
+    for fld in _schema_fields(cls):
         key_path = f"{prefix}{fld.name}"
         annotation = hints[fld.name]
         if dataclasses.is_dataclass(annotation):
@@ -324,29 +409,39 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
                 section = {}
             values[fld.name] = _build(annotation, section, key_path + ".", report, base_dir)  # type: ignore[arg-type]
             continue
-        meta = fld.metadata
         if fld.name not in data:
-            if meta.get("required"):
-                report(key_path, f"required key is missing (expected {_expected_type(annotation)})")
             continue
-        ok, value = _coerce(data[fld.name], annotation)
-        if not ok:
-            report(key_path, f"expected {_expected_type(annotation)}, found {_describe(data[fld.name], meta['secret'])}")
-            continue
-        check = meta.get("check")
-        problem = check(value) if check is not None and value is not None else None
+        value, problem = check_value(key_path, data[fld.name])
         if problem:
-            report(key_path, f"expected {problem}, found {_describe(data[fld.name], meta['secret'])}")
+            report(key_path, problem)
             continue
-        if meta.get("path") and isinstance(value, str) and value:
-            value = str((base_dir / os.path.expanduser(value)).resolve()) if not os.path.isabs(value) else value
+        if fld.metadata.get("path") and isinstance(value, str) and value:
+            value = str((base_dir(key_path) / os.path.expanduser(value)).resolve()) if not os.path.isabs(value) else value
         values[fld.name] = value
     return cls(**values)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file. Raises ConfigError listing every problem."""
-    file_path = Path(path)
+Origins = dict[str, tuple[Path, int]]  # key path → (file, line) where it was last set
+
+
+def dropin_dir(config_path: str | os.PathLike[str]) -> Path:
+    """`agent.yaml` → `agent.d/` beside it: files merged over the main one, in name order (the
+    provisioning bundle writes one, so the technician's own file and its comments stay untouched)."""
+    path = Path(config_path)
+    return path.parent / f"{path.stem}.d"
+
+
+def dropin_files(config_path: str | os.PathLike[str]) -> list[Path]:
+    folder = dropin_dir(config_path)
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix == ".yaml" and not p.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise ConfigError([f"{folder}: cannot list config drop-ins: {exc.strerror or exc}"]) from None
+
+
+def _read_yaml_file(file_path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         text = file_path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -365,39 +460,87 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if not isinstance(data, dict):
         found = _describe(data, False)
         raise ConfigError([f"{file_path}:1: expected a mapping of sections (device:, source:, ...), found {found}"])
-    return config_from_mapping(data, file_path, lines)
+    return data, lines
 
 
-def config_from_mapping(data: Mapping[str, Any], file_path: Path, lines: Mapping[str, int] | None = None) -> Config:
-    """Validate an already-parsed mapping (the demo builds one in memory)."""
-    problems: list[str] = []
-    line_of = lines or {}
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
-    def report(key_path: str, message: str) -> None:
-        # An unknown or wrong key has its own line; a missing one points at its section.
-        parent = key_path
-        line = line_of.get(parent)
-        while line is None and "." in parent:
-            parent = parent.rsplit(".", 1)[0]
-            line = line_of.get(parent)
-        where = f"{file_path}:{line}" if line else str(file_path)
-        problems.append(f"{where}: {key_path}: {message}")
 
-    config = _build(Config, data, "", report, file_path.resolve().parent)
-    if not problems:
-        problems.extend(_cross_checks(config, file_path, line_of))
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file and its drop-ins. Raises ConfigError listing every problem."""
+    file_path = Path(path)
+    data, lines = _read_yaml_file(file_path)
+    origins: Origins = {key: (file_path, line) for key, line in lines.items()}
+    dropins = dropin_files(file_path)
+    problems = []
+    for dropin in dropins:
+        mode = dropin.stat().st_mode
+        if mode & 0o022:
+            problems.append(f"{dropin}: others may change this config drop-in (mode {stat.S_IMODE(mode):04o}; "
+                            f"chmod go-w {dropin})")
+            continue
+        overlay, overlay_lines = _read_yaml_file(dropin)
+        data = _merge(data, overlay)
+        origins.update({key: (dropin, line) for key, line in overlay_lines.items()})
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(config, path=str(file_path.resolve()))
+    config = config_from_mapping(data, file_path, origins)
+    return dataclasses.replace(config, dropins=tuple(str(p) for p in dropins))
 
 
-def _cross_checks(config: Config, file_path: Path, line_of: Mapping[str, int]) -> list[str]:
-    problems = []
+def _explicit_keys(data: Mapping[str, Any]) -> frozenset[str]:
+    def walk(node: Mapping[str, Any], prefix: str) -> list[str]:
+        found = []
+        for key, value in node.items():
+            key_path = f"{prefix}{key}"
+            if isinstance(value, dict):
+                found.extend(walk(value, key_path + "."))
+            else:
+                found.append(key_path)
+        return found
+    return frozenset(walk(data, "")) & frozenset(_all_key_paths(leaves_only=True))
+
+
+def config_from_mapping(data: Mapping[str, Any], file_path: Path,
+                        origins: Mapping[str, tuple[Path, int]] | None = None) -> Config:
+    """Validate an already-parsed mapping (the demo builds one in memory). `origins` says where each
+    key path was written, for messages; keys without one are reported against `file_path`."""
+    problems: list[str] = []
+    origin_of = origins or {}
 
     def where(key_path: str) -> str:
-        line = line_of.get(key_path)
-        return f"{file_path}:{line}" if line else str(file_path)
+        # An unknown or wrong key has its own line; a missing one points at its section.
+        parent = key_path
+        origin = origin_of.get(parent)
+        while origin is None and "." in parent:
+            parent = parent.rsplit(".", 1)[0]
+            origin = origin_of.get(parent)
+        return f"{origin[0]}:{origin[1]}" if origin else str(file_path)
 
+    def report(key_path: str, message: str) -> None:
+        problems.append(f"{where(key_path)}: {key_path}: {message}")
+
+    def base_dir(key_path: str) -> Path:
+        origin = origin_of.get(key_path)
+        return (origin[0] if origin else file_path).resolve().parent
+
+    config = _build(Config, data, "", report, base_dir)
+    if not problems:
+        problems.extend(_cross_checks(config, where))
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(config, path=str(file_path.resolve()), explicit=_explicit_keys(data))
+
+
+def _cross_checks(config: Config, where: Callable[[str], str]) -> list[str]:
+    problems = []
     if config.source.token and config.source.token_file:
         problems.append(f"{where('source.token_file')}: source.token_file: expected either token or token_file, found both")
     if config.source.token_file:
@@ -449,6 +592,13 @@ def config_warnings(config: Config) -> list[str]:
     if secret and any(urlsplit(url).scheme == "mqtt" for url in mqtt_urls):
         warnings.append(f"{config.path}: mqtt.url: the device token is the MQTT password and would travel "
                         "unencrypted over mqtt:// (use mqtts://)")
+    missing = config.missing_for_enrolment()
+    if missing:
+        warnings.append(f"{config.path}: not enrolled ({', '.join(missing)} not set): the board shows its enrolment "
+                        "screen and waits for a provisioning bundle (docs/provisioning.md)")
+        if not config.security.provision_keys:
+            warnings.append(f"{config.path}: security.provision_keys: empty, so no provisioning bundle can enrol this "
+                            "board (install.sh --province-key KEY)")
     if not config.security.manifest_keys:
         warnings.append(f"{config.path}: security.manifest_keys: empty, so unsigned manifests and commands are "
                         "accepted (development only)")
@@ -459,13 +609,39 @@ def describe_config(config: Config) -> dict[str, Any]:
     """The config as a plain mapping with secrets masked, for logs and `ctl status`."""
     def walk(obj: Any) -> Any:
         out: dict[str, Any] = {}
-        for fld in dataclasses.fields(obj):
+        for fld in _schema_fields(type(obj)):
             value = getattr(obj, fld.name)
             if dataclasses.is_dataclass(value):
                 out[fld.name] = walk(value)
             elif fld.metadata.get("secret") and value:
                 out[fld.name] = "***"
             else:
-                out[fld.name] = list(value) if isinstance(value, tuple) else value
+                out[fld.name] = _plain(value)
         return out
     return walk(config)
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def config_value(config: Config, key_path: str) -> Any:
+    node: Any = config
+    for part in key_path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def with_value(config: Config, key_path: str, value: Any) -> Config:
+    """A copy of `config` with one leaf key replaced (frozen dataclasses all the way down)."""
+    head, _, rest = key_path.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{head: value})
+    return dataclasses.replace(config, **{head: _with_nested(getattr(config, head), rest, value)})
+
+
+def _with_nested(node: Any, key_path: str, value: Any) -> Any:
+    head, _, rest = key_path.partition(".")
+    if not rest:
+        return dataclasses.replace(node, **{head: value})
+    return dataclasses.replace(node, **{head: _with_nested(getattr(node, head), rest, value)})

@@ -10,7 +10,6 @@ owns is posted to it, so a slow MQTT goodbye never holds up a frame.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config, ConfigError, config_value, leaf_keys, load_config
 from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,7 @@ def apply_edit(targets: LiveTargets, new: Config, changed: set[str]) -> bool:
 
 
 def changed_keys(old: Config, new: Config) -> set[str]:
-    changed = set()
-    for section in dataclasses.fields(Config):
-        if section.name == "path":
-            continue
-        before, after = getattr(old, section.name), getattr(new, section.name)
-        for key in dataclasses.fields(before):
-            if getattr(before, key.name) != getattr(after, key.name):
-                changed.add(f"{section.name}.{key.name}")
-    return changed
+    return {key for key in leaf_keys() if config_value(old, key) != config_value(new, key)}
 
 
 class _Touched(FileSystemEventHandler):

@@ -42,6 +42,8 @@ from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.envelope import load_trusted_keys
 from agent.health import Problems
+from agent.identity import Identity, IdentityError
+from agent.identity import load_or_create as load_identity
 from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit
 from agent.loop import DisplayLoop, Inbox, ScreenState
 from agent.manifest import DEFAULT_TIMEZONE
@@ -107,14 +109,18 @@ class Board:
     status: StatusBuilder
 
 
-def build(config: Config) -> Board:
-    """Every part, in dependency order. Nothing starts here; `run_board` starts them."""
+def build(config: Config, identity: Identity | IdentityError | None = None) -> Board:
+    """Every part, in dependency order. Nothing starts here; `run_board` starts them. `identity` is
+    the board's key (PROTOCOL.md §12), or why it cannot be used (reported; POSTs go unsigned)."""
     storage = Path(config.storage.dir)
     started = time.monotonic()
     lifecycle = Lifecycle(config, threading.Event())
     stop = lifecycle.stop
     rng = random.Random()
     problems = Problems()
+    if isinstance(identity, IdentityError):
+        problems.report("identity", f"board identity: {identity}")
+    board_key = identity if isinstance(identity, Identity) else None
     clock = Clock(report=lambda problem: problems.report("clock", problem) if problem else problems.resolve("clock"))
     notifier = Notifier()
     keys = load_trusted_keys(config.security.manifest_keys)  # for manifests and commands alike
@@ -171,7 +177,7 @@ def build(config: Config) -> Board:
                                 ca_file=config.source.ca_file, poll_interval_s=config.source.poll_interval_s,
                                 cache_limit_bytes=cache_limit, user_agent=f"bangtin-agent/{__version__}")
         client = HttpClient(ClientSettings(settings.base_url, settings.token, settings.ca_file, settings.user_agent),
-                            clock.set_offset)
+                            clock.set_offset, signer=board_key.signature_header if board_key is not None else None)
         source = HttpSource(settings, content, store, problems, stop, on_change,
                             media_order=lambda manifest: schedule.media_in_order_of_need(
                                 manifest, clock.now(), player.current_item_id),
@@ -224,6 +230,7 @@ def build(config: Config) -> Board:
         records_summarised=outbox.summarised, errors=problems.current, source=source, reporter=reporter,
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
+        identity=_identity_status(identity),
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
     config_watcher = ConfigWatcher(
@@ -301,7 +308,15 @@ def run(config: Config) -> int:
         log.error("storage.dir: %s", problem)
         return EXIT_CONFIG
     log.info("bangtin-agent %s starting as %s (pid %d)", __version__, config.device.id, os.getpid())
-    board = build(config)
+    identity: Identity | IdentityError
+    try:
+        identity = load_identity(Path(config.storage.dir))
+    except IdentityError as exc:
+        identity = exc
+    except OSError as exc:
+        identity = IdentityError(f"cannot read or make {Path(config.storage.dir) / 'identity.key'}: "
+                                 f"{exc.strerror or exc}")
+    board = build(config, identity)
     code = run_board(board)
     if board.lifecycle.exec_restart and code == EXIT_OK:
         # Same PID (systemd keeps tracking it), fresh process with the new config. -P: the
@@ -339,6 +354,12 @@ def _verify_cache(content: Content, clock: Clock, loop: DisplayLoop, set_aside: 
         content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
         loop.wake()
     return set_aside
+
+
+def _identity_status(identity: Identity | IdentityError | None) -> dict[str, Any]:
+    if isinstance(identity, Identity):
+        return {"fingerprint": identity.fingerprint, "public_key": identity.public_b64}
+    return {"error": str(identity) if identity is not None else "no identity key in this run"}
 
 
 def _mark_shown(store: MediaStore, scene: Scene) -> None:

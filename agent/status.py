@@ -50,10 +50,11 @@ class Heartbeat:
     readings: Mapping[str, Any] = field(default_factory=dict)
     outbox_summarised: int = 0  # records folded into daily summaries by the cap (0: left out)
     update: Mapping[str, Any] | None = None  # §11, when self-update is on
+    board_key: str | None = None  # §12: the board's public key (base64), when it has one
 
     def to_json(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("readings", "outbox_summarised", "update")}
+                if f.name not in ("readings", "outbox_summarised", "update", "board_key")}
         body["cache"] = dataclasses.asdict(self.cache)
         body["errors"] = list(self.errors)
         body.update(self.readings)
@@ -61,6 +62,8 @@ class Heartbeat:
             body["outbox_summarised"] = self.outbox_summarised
         if self.update is not None and self.update.get("state") != "off":
             body["update"] = dict(self.update)
+        if self.board_key is not None:
+            body["board_key"] = self.board_key
         return body
 
 
@@ -78,9 +81,11 @@ class Status:
     display: Mapping[str, Any]
     storage: Mapping[str, Any]
     update: Mapping[str, Any]
+    identity: Mapping[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.heartbeat.to_json(), "update": dict(self.update), "screen_mode": self.screen_mode,
+        return {**self.heartbeat.to_json(), "update": dict(self.update), "identity": dict(self.identity),
+                "screen_mode": self.screen_mode,
                 "source": self.source,
                 "sync": dict(self.sync), "report": dict(self.report) if self.report is not None else None,
                 "mqtt": dict(self.mqtt) if self.mqtt is not None else None, "alerts": list(self.alerts),
@@ -120,6 +125,7 @@ class StatusParts:
     storage: Callable[[], Mapping[str, Any]]
     readings: Callable[[], Mapping[str, Any]]
     update: Callable[[], Mapping[str, Any]]
+    identity: Mapping[str, Any]  # {"fingerprint", "public_key"} or {"error"}: fixed for the run
 
 
 class StatusBuilder:
@@ -153,6 +159,7 @@ class StatusBuilder:
             readings=parts.readings() if with_readings else {},
             outbox_summarised=parts.records_summarised(),
             update=parts.update(),
+            board_key=parts.identity.get("public_key"),
         )
 
     def status(self) -> Status:
@@ -170,6 +177,7 @@ class StatusBuilder:
                      "video": dict(screen.video) if screen.video is not None else None},
             storage=parts.storage(),
             update=parts.update(),
+            identity=parts.identity,
         )
 
 

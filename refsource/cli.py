@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import mimetypes
 import os
 import shutil
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.envelope import MANIFEST_PAYLOAD_TYPE, keyid_of, open_envelope, sign_envelope
 from agent.limits import MAX_MANIFEST_BYTES
+from refsource.boards import BoardKeys
 from refsource.release import build_release, release_reference
 from refsource.server import ReferenceServer, SourceState
 
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--base-path", default=DEFAULT_BASE_PATH)
     s.add_argument("--token", default=os.environ.get("REFSOURCE_TOKEN"), help="require this bearer token")
+    s.add_argument("--registry", type=Path, metavar="FILE",
+                   help="board keys, {device id: base64 key}: read at start, new boards added (conflicts are "
+                        "logged and appended to FILE's .conflicts.jsonl)")
     args = parser.parse_args(argv)
     if args.command == "keygen":
         key = keygen(args.out)
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{path}: release {document['serial']} ({document['version']}), {len(document['wheels'])} wheel(s)")
         return 0
-    state = SourceState(base_path=args.base_path, token=args.token)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    state = SourceState(base_path=args.base_path, token=args.token, board_keys=BoardKeys.from_registry(args.registry))
     load_site(args.site, state)
     server = ReferenceServer((args.host, args.port), state)
     print(f"serving {len(state.manifests)} device(s) at {server.base_url}", file=sys.stderr)

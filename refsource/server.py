@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from refsource.boards import BoardKeys
+
 RANGE_PATTERN = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -79,6 +81,8 @@ class SourceState:
     playlogs: dict[str, dict[str, Any]] = field(default_factory=dict)  # record id → record
     playlog_batches: int = 0
     screenshots: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    logs: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    board_keys: BoardKeys = field(default_factory=BoardKeys)
     requests: list[RequestRecord] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
     wire: Wire = field(default_factory=Wire)
@@ -200,13 +204,12 @@ class Handler(BaseHTTPRequestHandler):
         base = self.state.base_path.rstrip("/")
         return path[len(base) + 1:] if path.startswith(base + "/") else None
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> tuple[bytes, bytes]:
+        """(the bytes as sent, the body decoded)."""
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
+        raw = self.rfile.read(length)
         self.state.wire.received += length
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        return body
+        return raw, gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
 
     # --- GET -------------------------------------------------------------------------------------
 
@@ -281,31 +284,39 @@ class Handler(BaseHTTPRequestHandler):
         self.state.wire.received += len(self.requestline) + sum(len(k) + len(v) + 4 for k, v in self.headers.items()) + 4
         if not self._authorised():
             return
-        body = self._read_body()
+        raw, body = self._read_body()
         if self._unavailable():
             return
-        match = re.fullmatch(r"devices/([^/]+)/(heartbeat|playlogs|screenshots)", self._relative() or "")
+        match = re.fullmatch(r"devices/([^/]+)/(heartbeat|playlogs|screenshots|logs)", self._relative() or "")
         if not match:
             self._send(HTTPStatus.NOT_FOUND, b"not found")
             return
-        kind = match.group(2)
+        device, kind = match.group(1), match.group(2)
+        if kind in ("screenshots", "logs"):
+            with self.state.lock:
+                (self.state.screenshots if kind == "screenshots" else self.state.logs).append(
+                    (dict(self.headers.items()), body))
+            self._send(HTTPStatus.NO_CONTENT)
+            return
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            self._send(HTTPStatus.BAD_REQUEST, b"expected a JSON object")
+            return
+        claimed = document.get("board_key") if kind == "heartbeat" and isinstance(document.get("board_key"), str) else None
+        refusal = self.state.board_keys.check(device, self.headers.get("X-Bangtin-Signature"), raw, claimed)
+        if refusal is not None:
+            self._send(HTTPStatus.CONFLICT, refusal.encode())
+            return
         with self.state.lock:
-            if kind == "screenshots":
-                self.state.screenshots.append((dict(self.headers.items()), body))
+            if kind == "heartbeat":
+                self.state.heartbeats.append(document)
             else:
-                try:
-                    document = json.loads(body)
-                except ValueError:
-                    document = None
-                if not isinstance(document, dict):
-                    self._send(HTTPStatus.BAD_REQUEST, b"expected a JSON object")
-                    return
-                if kind == "heartbeat":
-                    self.state.heartbeats.append(document)
-                else:
-                    for record in document.get("records", []):
-                        self.state.playlogs.setdefault(str(record.get("id")), record)
-                    self.state.playlog_batches += 1
+                for record in document.get("records", []):
+                    self.state.playlogs.setdefault(str(record.get("id")), record)
+                self.state.playlog_batches += 1
         self._send(HTTPStatus.NO_CONTENT)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.config import Config, ConfigError, describe_config, load_config
+from agent.config import Config, ConfigError, config_value, describe_config, leaf_keys, load_config
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "config" / "agent.example.yaml"
@@ -26,15 +25,16 @@ def test_example_config_is_valid_and_shows_every_default() -> None:
     config = load_config(EXAMPLE)
     defaults = Config()
     example = yaml.safe_load(EXAMPLE.read_text())
-    for section in dataclasses.fields(Config):
-        if section.name == "path":
-            continue
-        for key in dataclasses.fields(getattr(defaults, section.name)):
-            assert key.name in example[section.name], f"{section.name}.{key.name} missing from the example"
-            if (section.name, key.name) in {("device", "id"), ("source", "url")}:
-                continue  # the two required keys carry sample values
-            expected = getattr(getattr(defaults, section.name), key.name)
-            assert getattr(getattr(config, section.name), key.name) == expected, f"{section.name}.{key.name}"
+    for key_path in leaf_keys():
+        *sections, name = key_path.split(".")
+        node = example
+        for section in sections:
+            node = node[section]
+        assert name in node, f"{key_path} missing from the example"
+        if key_path in {"device.id", "source.url"}:
+            continue  # the two keys a board must have carry sample values
+        assert config_value(config, key_path) == config_value(defaults, key_path), key_path
+    assert config.explicit == frozenset(leaf_keys())
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
@@ -69,14 +69,59 @@ display:
     assert len(problems) == 6
 
 
-def test_unknown_section_and_missing_required(tmp_path: Path) -> None:
+def test_unknown_section_is_an_error_and_missing_identity_is_enrolment(tmp_path: Path) -> None:
     path = write(tmp_path, "devcie:\n  id: b1\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    text = str(caught.value)
-    assert f"{path}:1: devcie: unknown key; did you mean 'device'?" in text
-    assert "device.id: required key is missing" in text
-    assert "source.url: required key is missing" in text
+    assert str(caught.value) == f"{path}:1: devcie: unknown key; did you mean 'device'?"
+    empty = load_config(write(tmp_path, ""))
+    assert not empty.enrolled and empty.missing_for_enrolment() == ["device.id", "source.url"]
+    half = load_config(write(tmp_path, "device: {id: b1}\n"))
+    assert half.missing_for_enrolment() == ["source.url"]
+    result = run_cli("check-config", "--config", str(path.parent / "agent.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "not enrolled (source.url not set)" in result.stdout
+    assert "security.provision_keys: empty, so no provisioning bundle can enrol this board" in result.stdout
+
+
+def test_dropins_merge_over_the_main_file_and_name_their_own_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "device: {id: b1, groups: [a]}\nsource: {url: 'file:///c', poll_interval_s: 60}\n")
+    dropins = tmp_path / "agent.d"
+    dropins.mkdir()
+    (dropins / "50-provision.yaml").write_text("source:\n  url: https://tttn.example/api\n")
+    (dropins / "60-local.yaml").write_text("display:\n  fps: 12\n")
+    (dropins / "notes.txt").write_text("not read: not *.yaml")
+    (dropins / ".50-provision.yaml.new").write_text("half written: {")
+    config = load_config(path)
+    assert config.source.url == "https://tttn.example/api"
+    assert config.source.poll_interval_s == 60 and config.device.groups == ("a",)  # the rest of the section stays
+    assert config.display.fps == 12
+    assert config.dropins == (str(dropins / "50-provision.yaml"), str(dropins / "60-local.yaml"))
+    assert {"source.url", "source.poll_interval_s", "display.fps", "device.id"} <= config.explicit
+    assert "report.heartbeat_interval_s" not in config.explicit
+    (dropins / "60-local.yaml").write_text("display:\n  fps: 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [f"{dropins / '60-local.yaml'}:2: display.fps: expected a number from 1 to 120, "
+                                     "found 0"]
+    (dropins / "60-local.yaml").write_text("display:\n  fps: 12\n")
+    (dropins / "60-local.yaml").chmod(0o666)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "others may change this config drop-in (mode 0666" in caught.value.problems[0]
+
+
+def test_download_windows_and_log_level_are_checked(tmp_path: Path) -> None:
+    base = "device: {id: b1}\nsource: {url: 'file:///c'}\n"
+    config = load_config(write(tmp_path, base + "downloads: {windows: [['23:00', '05:00']], small_mb: 0.5}\n"
+                                                "log_level: DEBUG\n"))
+    assert config.downloads.windows == (("23:00", "05:00"),) and config.downloads.small_mb == 0.5
+    assert config.log_level == "DEBUG"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, base + "downloads: {windows: [['25:00', '05:00']]}\nlog_level: LOUD\n"))
+    assert len(caught.value.problems) == 2
+    assert "downloads.windows: expected a list of [\"HH:MM\", \"HH:MM\"] windows" in caught.value.problems[0]
+    assert caught.value.problems[1].endswith("log_level: expected one of DEBUG, INFO, WARNING, ERROR, found 'LOUD'")
 
 
 def test_secret_token_is_never_printed(tmp_path: Path) -> None:

@@ -294,7 +294,8 @@ def test_splash_without_a_manifest_shows_vietnamese_time(board: Board) -> None:
 def test_a_rotation_change_while_the_new_picture_is_prepared_draws_nothing_half(board: Board) -> None:
     """Found by the renderer fuzzer: the old scene's clock and ticker were painted on the new, turned
     canvas while the new slide was still decoding (a rectangle outside the canvas, an exception)."""
-    red = board.add_png("m1.png", (64, 36), (220, 20, 20))
+    # Big enough that decoding takes milliseconds: the render right after submitting it finds it unfinished.
+    red = board.add_png("m1.png", (2400, 1350), (220, 20, 20))
     flat = parse(items=[{"id": "t", "type": "text", "title": "A", "duration_s": 5}], ticker=[{"id": "k", "text": "x"}])
     board.render(Scene("item", flat, item=flat.items[0], ticker_text="x", showing_id="s1"), T0, 0.0)
     turned = parse(media=[red], items=[{"id": "i", "type": "image", "media": "m1", "duration_s": 5}],

@@ -132,6 +132,7 @@ class Reply:
     response: requests.Response
     url: str
     _guard: _Deadline
+    answer: bytes = b""  # a POST's drained answer: a refusal's reason, for the board's errors
 
     @property
     def status_code(self) -> int:
@@ -239,9 +240,11 @@ def _tracking_adapter(connections: dict[int, HTTPConnection]) -> HTTPAdapter:
 class HttpClient:
     """Thread-safe enough for its two users: urllib3's pool hands each request its own connection."""
 
-    def __init__(self, settings: ClientSettings, set_clock_offset: Callable[[float], None] = lambda offset: None) -> None:
+    def __init__(self, settings: ClientSettings, set_clock_offset: Callable[[float], None] = lambda offset: None,
+                 signer: Callable[[bytes], str] | None = None) -> None:
         self.settings = settings
         self._set_clock_offset = set_clock_offset
+        self._signer = signer  # the board's identity: X-Bangtin-Signature over each POST's body (§12)
         self._connections: dict[int, HTTPConnection] = {}
         self._session = requests.Session()
         adapter = _tracking_adapter(self._connections)
@@ -296,9 +299,11 @@ class HttpClient:
         if len(body) >= GZIP_MIN_BYTES and content_type != "image/png":  # PNG is compressed already
             body = gzip.compress(body, mtime=0)
             request_headers["Content-Encoding"] = "gzip"
+        if self._signer is not None:
+            request_headers["X-Bangtin-Signature"] = self._signer(body)  # the exact bytes sent
         deadline = time.monotonic() + deadline_s
         with self._send("POST", url, request_headers, body, deadline_s) as reply:
-            self.read_limited(reply, POST_ANSWER_LIMIT, deadline)  # drain: keep the connection
+            reply.answer = self.read_limited(reply, POST_ANSWER_LIMIT, deadline)  # drain: keep the connection
         return reply
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
@@ -372,7 +377,9 @@ class HttpClient:
         retry_after = parse_retry_after(reply.headers.get("Retry-After"), time.time()) \
             if reply.status_code in (429, 503) else None
         prefix = f"{what}: " if what else ""
-        return SourceError(f"{prefix}HTTP {reply.status_code} {reply.reason}",
+        # A source's one-line reason for a refusal (409: "board key conflict ...") says what to fix.
+        why = reply.answer.decode("utf-8", "replace") if 400 <= reply.status_code < 500 and reply.answer else ""
+        return SourceError(f"{prefix}HTTP {reply.status_code} {reply.reason}{': ' + clip(why, 160) if why else ''}",
                            retry_after=retry_after, permanent=reply.status_code in PERMANENT_STATUSES)
 
 
