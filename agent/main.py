@@ -41,11 +41,12 @@ from agent.ctlsocket import ControlServer
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.envelope import load_trusted_keys
+from agent.events import MANIFEST_CHANGED, RunEvents, event
 from agent.health import Problems
 from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit
 from agent.loop import DisplayLoop, Inbox, ScreenState
 from agent.manifest import DEFAULT_TIMEZONE
-from agent.models import Alert, Scene, ScreenMode
+from agent.models import Alert, Manifest, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
@@ -117,7 +118,9 @@ def build(config: Config) -> Board:
     cache_limit = config.storage.cache_max_mb * 1024 * 1024
 
     store = MediaStore(storage / "media")
-    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups)
+    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups,
+                      # `writer` is bound below; a manifest is committed only once the services run.
+                      on_commit=lambda manifest, previous: _manifest_event(writer, clock, manifest, previous))
     outbox = Outbox(storage / RECORDS_FILE, on_error=_problem_setter(problems, "outbox"),
                     max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
     writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
@@ -234,6 +237,7 @@ def run_board(board: Board) -> int:
     board.control.open()
     previous_handlers = _install_signals(lifecycle, board.loop.inbox)
     services = Services()
+    run_events = RunEvents(storage, board.writer, __version__)  # start and stop in the journal (the yearly report)
     clean = False
     try:
         try:
@@ -243,6 +247,7 @@ def run_board(board: Board) -> int:
             log.error("cannot open the display with %s driver: %s (on a board console set SDL_VIDEODRIVER=kmsdrm "
                       "and give the user the video and render groups)", driver, exc)
             return EXIT_FAIL
+        started_at = board.clock.now()  # before the first frame, so the start precedes the screen's first event
         # A first frame before anything slow: the splash, never a dark screen.
         board.loop.safe_step()
         board.notifier.ready("splash on screen, loading content")
@@ -250,6 +255,7 @@ def run_board(board: Board) -> int:
             log.warning("%s", warning)
         lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.player, board.clock,
                                        board.problems)
+        run_events.started(started_at, *_zone_and_serial(board.content))
         services.start(board.writer)
         for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher):
             if part is not None:
@@ -260,6 +266,8 @@ def run_board(board: Board) -> int:
         if not lifecycle.exec_restart:
             board.notifier.stopping()  # a re-exec keeps the unit active: READY comes again from the new process
         board.player.shutdown(board.clock.now(), time.monotonic())
+        run_events.stopped(board.clock.now(), *_zone_and_serial(board.content), clean=clean,
+                           reason=_stop_reason(lifecycle, clean))
         lifecycle.stop.set()
         if clean:
             board.writer.call(board.guard.ended_well)
@@ -320,6 +328,22 @@ def _verify_cache(content: Content, clock: Clock, loop: DisplayLoop, set_aside: 
         content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
         loop.wake()
     return set_aside
+
+
+def _zone_and_serial(content: Content) -> tuple[str | None, int | None]:
+    manifest = content.current()
+    return (manifest.timezone, manifest.serial) if manifest is not None else (None, None)
+
+
+def _stop_reason(lifecycle: Lifecycle, clean: bool) -> str:
+    if not clean:
+        return "failure"
+    return "restart" if lifecycle.restart_requested else "config" if lifecycle.exec_restart else "stop"
+
+
+def _manifest_event(writer: DiskWriter, clock: Clock, manifest: Manifest, previous: int | None) -> None:
+    writer.add([event(MANIFEST_CHANGED, clock.now(), manifest.timezone, manifest.serial, serial=manifest.serial,
+                      previous_serial=previous, items=len(manifest.items))])
 
 
 def _mark_shown(store: MediaStore, scene: Scene) -> None:
