@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, i18n
 from agent.config import Config, ConfigError, config_warnings, load_config
+from agent.i18n import _, ngettext
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", required=True, type=Path, metavar="PATH")
     report.add_argument("--from", dest="date_from", type=_date, metavar="DATE", help="first day, YYYY-MM-DD (local)")
     report.add_argument("--to", dest="date_to", type=_date, metavar="DATE", help="last day, YYYY-MM-DD (local)")
-    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.add_argument("--format", choices=["table", "csv", "json", "html"], default="table",
+                        help="html: the printable yearly report in Vietnamese (one offline file)")
+    report.add_argument("--section", default="items", choices=["items", "summary", "days", "months", "priorities",
+                                                                "emergencies", "outages"],
+                        help="with --format csv: which table (default items)")
+    report.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of standard output")
 
     ctl = commands.add_parser("ctl", help="talk to the running agent over its control socket")
     ctl.add_argument("--config", required=True, type=Path, metavar="PATH")
@@ -94,21 +100,27 @@ def load_or_report(path: Path) -> Config | None:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        print(ngettext("{count} problem in {path}", "{count} problems in {path}", len(exc.problems)).format(
+            count=len(exc.problems), path=path), file=sys.stderr)
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # What a person reads at a terminal follows the locale; the running agent's logs, status and
+        # heartbeat `errors` stay English (agent/i18n.py says why).
+        i18n.use(i18n.language())
     setup_logging(args.log_level)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # before pygame's first import: keep logs clean
     if args.command == "check-config":
         config = load_or_report(args.config)
         if config is None:
             return EXIT_CONFIG
-        print(f"{args.config}: OK (device {config.device.id}, source {config.source.url})")
+        print(_("{path}: OK (device {device}, source {source})").format(
+            path=args.config, device=config.device.id, source=config.source.url))
         for warning in config_warnings(config):
-            print(f"warning: {warning}")
+            print(_("warning: {warning}").format(warning=warning))
         return EXIT_OK
     if args.command == "run":
         config = load_or_report(args.config)
@@ -121,17 +133,40 @@ def main(argv: list[str] | None = None) -> int:
         config = load_or_report(args.config)
         if config is None:
             return EXIT_CONFIG
-        from agent.outbox import RECORDS_FILE
-        from agent.report import build_report, format_report
-
-        print(format_report(build_report(Path(config.storage.dir) / RECORDS_FILE, args.date_from, args.date_to),
-                            args.format))
-        return EXIT_OK
+        return report(config, args)
     if args.command == "demo":
         from agent.demo import run_demo
 
         return run_demo(fullscreen=args.fullscreen, directory=args.dir)
     return ctl(args)
+
+
+def report(config: Config, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from agent.outbox import RECORDS_FILE
+    from agent.report import build_report, format_report
+
+    if args.date_from and args.date_to and args.date_from > args.date_to:
+        print(_("bangtin-agent report: --from {start} is after --to {end}").format(start=args.date_from,
+                                                                                    end=args.date_to), file=sys.stderr)
+        return EXIT_CONFIG
+    figures = build_report(Path(config.storage.dir) / RECORDS_FILE, args.date_from, args.date_to,
+                           board=config.device.id, now=dt.datetime.now(dt.UTC))
+    text = format_report(figures, args.format, args.section)
+    if args.out is None:
+        print(text)
+        return EXIT_OK
+    try:
+        args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(_("bangtin-agent report: cannot write {path}: {reason}").format(path=args.out,
+                                                                              reason=exc.strerror or exc), file=sys.stderr)
+        return EXIT_FAIL
+    print(_("{path}: report for {board} from {start} to {end}").format(
+        path=args.out, board=config.device.id, start=figures["period"]["from"] or "-", end=figures["period"]["to"] or "-"),
+        file=sys.stderr)
+    return EXIT_OK
 
 
 def ctl(args: argparse.Namespace) -> int:
