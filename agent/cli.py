@@ -155,7 +155,7 @@ def report(config: Config, args: argparse.Namespace) -> int:
                            board=config.device.id, now=dt.datetime.now(dt.UTC))
     text = format_report(figures, args.format, args.section)
     if args.out is None:
-        print(text)
+        print(text, end="" if text.endswith("\n") else "\n")
         return EXIT_OK
     try:
         args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
