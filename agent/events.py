@@ -92,21 +92,23 @@ class RunEvents:
         self._boot_id = boot_id
         self._started = False
 
-    def started(self, at: dt.datetime, timezone: str | None, serial: int | None) -> str:
-        """Record the start; returns how the previous run ended. Reads and writes a tiny file at
-        once, before the display loop runs (as the start guard does): a crash right after this start
-        must find "running" there."""
-        boot = self._boot_id()
-        previous = self._previous_stop(boot)
-        try:
-            atomic_write(self.path, json.dumps({"state": "running", "boot_id": boot}).encode())
-        except OSError as exc:
-            log.warning("run marker not saved in %s: %s", self.path, exc.strerror or exc)
+    def started(self, at: dt.datetime, timezone: str | None = None, serial: int | None = None) -> str:
+        """Record the start before anything else of this run (the journal's rows follow it); returns
+        how the previous run ended. Only reads the marker: `mark_running` writes it."""
+        previous = self._previous_stop(self._boot_id())
         self._started = True
         if previous in ("crash", "power_cut"):
             log.warning("the previous run did not stop cleanly (%s)", previous.replace("_", " "))
         self._writer.add([event(AGENT_START, at, timezone, serial, version=self._version, previous_stop=previous)])
         return previous
+
+    def mark_running(self) -> None:
+        """After the first frame, before the services start (as the start guard counts): written at
+        once, so a crash from here on finds "running" at the next start."""
+        try:
+            atomic_write(self.path, json.dumps({"state": "running", "boot_id": self._boot_id()}).encode())
+        except OSError as exc:
+            log.warning("run marker not saved in %s: %s", self.path, exc.strerror or exc)
 
     def stopped(self, at: dt.datetime, timezone: str | None, serial: int | None, *, clean: bool, reason: str) -> None:
         """Record the stop (before the disk writer stops: it commits this last). Only a clean stop

@@ -247,7 +247,7 @@ def run_board(board: Board) -> int:
             log.error("cannot open the display with %s driver: %s (on a board console set SDL_VIDEODRIVER=kmsdrm "
                       "and give the user the video and render groups)", driver, exc)
             return EXIT_FAIL
-        started_at = board.clock.now()  # before the first frame, so the start precedes the screen's first event
+        run_events.started(board.clock.now())  # the journal's first row of this run, before the screen's first event
         # A first frame before anything slow: the splash, never a dark screen.
         board.loop.safe_step()
         board.notifier.ready("splash on screen, loading content")
@@ -255,7 +255,7 @@ def run_board(board: Board) -> int:
             log.warning("%s", warning)
         lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.player, board.clock,
                                        board.problems)
-        run_events.started(started_at, *_zone_and_serial(board.content))
+        run_events.mark_running()
         services.start(board.writer)
         for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher):
             if part is not None:

@@ -83,7 +83,9 @@ def test_a_start_tells_how_the_previous_run_ended(tmp_path: Path) -> None:
     at = dt.datetime(2026, 11, 26, 1, 0, tzinfo=dt.UTC)
 
     def start() -> str:
-        return runs.started(at, "Asia/Ho_Chi_Minh", 3)
+        previous = runs.started(at, "Asia/Ho_Chi_Minh", 3)
+        runs.mark_running()
+        return previous
 
     assert start() == "first"
     runs.stopped(at, None, 3, clean=True, reason="stop")
