@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from refsource import uploads
+
 RANGE_PATTERN = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -82,6 +84,7 @@ class SourceState:
     faults: Faults = field(default_factory=Faults)
     wire: Wire = field(default_factory=Wire)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    site: Path | None = None  # when set, playlogs and heartbeats are kept there too (refsource/uploads.py)
 
 
 def strong_etag(body: bytes) -> str:
@@ -297,11 +300,18 @@ class Handler(BaseHTTPRequestHandler):
                 if not isinstance(document, dict):
                     self._send(HTTPStatus.BAD_REQUEST, b"expected a JSON object")
                     return
+                device, site = match.group(1), self.state.site
                 if kind == "heartbeat":
                     self.state.heartbeats.append(document)
+                    if site is not None:
+                        uploads.save_heartbeat(site, device, document)
                 else:
-                    for record in document.get("records", []):
-                        self.state.playlogs.setdefault(str(record.get("id")), record)
+                    new = [r for r in document.get("records", []) if isinstance(r, dict)
+                           and str(r.get("id")) not in self.state.playlogs]
+                    for record in new:
+                        self.state.playlogs[str(record.get("id"))] = record
+                    if site is not None:
+                        uploads.append_records(site, device, new)  # before the 2xx: acknowledged means kept
                     self.state.playlog_batches += 1
         self._send(HTTPStatus.NO_CONTENT)
 
