@@ -190,13 +190,13 @@ def ctl(args: argparse.Namespace) -> int:
         print(f"bangtin-agent ctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
     if not response.get("ok"):
-        print(f"bangtin-agent ctl {args.action}: {response.get('error')}", file=sys.stderr)
+        print(f"bangtin-agent ctl {args.action}: {response.get('error')}", file=sys.stderr)  # the agent's words
         return EXIT_FAIL
     result: dict[str, Any] = response.get("result") or {}
     if args.action == "screenshot":
         png = base64.b64decode(result["png_base64"])
         args.out.write_bytes(png)
-        print(f"{args.out}: {len(png)} bytes")
+        print(_("{path}: {count} bytes").format(path=args.out, count=len(png)))
     elif args.action == "status" and not args.json:
         print(format_status(result))
     else:
@@ -205,28 +205,38 @@ def ctl(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """`ctl status` for a person on SSH."""
+    """`ctl status` for a person on SSH (labels in the locale's language; values and errors as the agent says)."""
     display = status.get("display", {})
     cache = status.get("cache", {})
-    lines = [
-        f"device          {status.get('device')}   agent {status.get('agent_version')}   up {status.get('uptime_s')} s",
-        f"source          {status.get('source')}",
-        f"manifest        serial {status.get('manifest_serial')}, last sync {status.get('last_sync_ok_at') or 'never'}",
-        f"on screen       {status.get('current_item') or '(splash)'}"
-        + ("   [ALERT]" if status.get("alert_active") else ""),
-        f"screen          {'on' if status.get('screen_on') else 'off'} (mode {status.get('screen_mode')})",
-        f"media           {cache.get('media_missing', 0)} missing, {cache.get('bytes_used', 0)} bytes verified",
-        f"outbox          {status.get('outbox_pending')} record(s) pending",
-        f"display         {display.get('driver')} {display.get('size')} frames {display.get('frames')}",
+    rows = [
+        (_("device"), _("{device}   agent {version}   up {uptime} s").format(
+            device=status.get("device"), version=status.get("agent_version"), uptime=status.get("uptime_s"))),
+        (_("source"), f"{status.get('source')}"),
+        (_("manifest"), _("serial {serial}, last sync {when}").format(
+            serial=status.get("manifest_serial"), when=status.get("last_sync_ok_at") or _("never"))),
+        (_("on screen"), (status.get("current_item") or _("(splash)"))
+         + ("   " + _("[ALERT]") if status.get("alert_active") else "")),
+        (_("screen"), _("{state} (mode {mode})").format(state=_("on") if status.get("screen_on") else _("off"),
+                                                       mode=status.get("screen_mode"))),
+        (_("media"), _("{missing} missing, {bytes} bytes verified").format(missing=cache.get("media_missing", 0),
+                                                                         bytes=cache.get("bytes_used", 0))),
+        (_("outbox"), ngettext("{count} record pending", "{count} records pending",
+                               int(status.get("outbox_pending") or 0)).format(count=status.get("outbox_pending"))),
+        (_("display"), _("{driver} {size} frames {frames}").format(driver=display.get("driver"),
+                                                                   size=display.get("size"), frames=display.get("frames"))),
     ]
     sync = status.get("sync") or {}
     if sync.get("pending_manifest_serial"):
-        lines.append(f"next manifest   serial {sync['pending_manifest_serial']} (fetching its media)")
+        rows.append((_("next manifest"), _("serial {serial} (fetching its media)").format(
+            serial=sync["pending_manifest_serial"])))
     download = sync.get("download")
     if download:
-        eta = f", about {download['eta_s']} s left" if download.get("eta_s") is not None else ""
-        lines.append(f"downloading     {download['media']}: {download['bytes_done']}/{download['bytes_total']} bytes{eta}")
+        eta = _(", about {seconds} s left").format(seconds=download["eta_s"]) if download.get("eta_s") is not None else ""
+        rows.append((_("downloading"), _("{media}: {done}/{total} bytes").format(
+            media=download["media"], done=download["bytes_done"], total=download["bytes_total"]) + eta))
     errors = status.get("errors") or []
-    lines.append(f"errors          {len(errors) or 'none'}")
+    rows.append((_("errors"), str(len(errors)) if errors else _("none")))
+    width = max(16, *(len(label) + 2 for label, _value in rows))
+    lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     lines.extend(f"  - {error}" for error in errors)
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 import pygame
 
-from agent import __version__, hardware, schedule
+from agent import __version__, hardware, i18n, schedule
 from agent.alerts import ALERTS_FILE, AlertStore
 from agent.cache.store import MediaStore
 from agent.clock import Clock
@@ -133,7 +133,8 @@ def build(config: Config) -> Board:
     renderer = Renderer(
         DisplaySettings(width=config.display.width, height=config.display.height, fullscreen=config.display.fullscreen,
                         fps=config.display.fps, crossfade_ms=config.display.crossfade_ms,
-                        splash_title=config.display.splash_title, device_id=config.device.id),
+                        splash_title=config.display.splash_title, device_id=config.device.id,
+                        language=i18n.language()),  # the splash's footer follows the board's locale
         store, PyAVBackend(), wake=inbox.wake)
     power = ScreenPower(resolve_command(config.display.power_on_command, CEC_ON),
                         resolve_command(config.display.power_off_command, CEC_OFF), stop)
