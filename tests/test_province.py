@@ -108,3 +108,27 @@ def test_a_board_last_heard_long_before_the_end_of_the_period_went_silent(tmp_pa
     province = build(tmp_path, "2026-11-01", "2026-11-30", now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
     assert province["silent"] == ["early"]  # the period ended 30/11 24:00; 48 h before that is the line
     assert [b["days_in_operation"] for b in province["boards"]] == [1, 1]
+
+
+def test_the_source_keeps_uploads_across_its_restarts_each_record_once(tmp_path: Path) -> None:
+    import requests
+
+    record = {"id": "r1", "item": "a", "type": "text", "title": "Tin", "priority": "normal",
+              "started_at": "2026-11-26T08:00:00.000+07:00", "ended_at": "2026-11-26T08:00:10.000+07:00",
+              "duration_ms": 10000, "completed": True, "reason": None}
+    for _ in range(2):  # the same batch again after a restart (its 2xx was lost): harmless
+        state = SourceState(base_path="/api")
+        load_site(tmp_path, state)
+        server = ReferenceServer(("127.0.0.1", 0), state).start()
+        try:
+            for path, body in (("playlogs", {"device": "b1", "records": [record]}), ("heartbeat", {"device": "b1"})):
+                reply = requests.post(f"{server.base_url}/devices/b1/{path}", json=body, timeout=10)
+                assert reply.status_code == 204
+            assert requests.post(f"{server.base_url}/devices/..%2F..%2Fetc/playlogs", json={"records": [record]},
+                                 timeout=10).status_code == 204  # taken, but no folder is named by it
+        finally:
+            server.stop()
+    assert [r["id"] for r in uploads.read_records(tmp_path / "devices" / "b1")] == ["r1"]
+    assert (tmp_path / "devices" / "b1" / "playlogs.jsonl").read_text().count("\n") == 1
+    assert uploads.read_heartbeat(tmp_path / "devices" / "b1")["received_at"]  # type: ignore[index]
+    assert sorted(p.name for p in (tmp_path / "devices").iterdir()) == ["b1"]

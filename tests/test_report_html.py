@@ -29,7 +29,9 @@ def journal(storage: Path) -> list[dict[str, Any]]:
 def test_a_played_board_prints_its_report(tmp_path: Path, content_folder: ContentFolder, public_key_b64: str,
                                           agent_factory: Callable[[Path], RunningAgent]) -> None:
     items = [{"id": "lich", "type": "text", "title": "Lịch tiêm chủng tháng 12", "body": "Trạm y tế xã", "duration_s": 0.6},
-             {"id": "dien", "type": "text", "title": "Thông báo cắt điện", "body": "Điện lực", "duration_s": 0.5}]
+             # Typed with "Unicode tổ hợp" (decomposed): the board keeps and prints it precomposed.
+             {"id": "dien", "type": "text", "title": unicodedata.normalize("NFD", "Thông báo cắt điện"), "body": "Điện lực",
+              "duration_s": 0.5}]
     content_folder.publish(base_manifest(1, items=items))
     config = write_config(tmp_path / "agent.yaml", content_folder.root, tmp_path / "state", [public_key_b64])
     agent = agent_factory(config).start()
@@ -91,3 +93,4 @@ def test_a_played_board_prints_its_report(tmp_path: Path, content_folder: Conten
     assert "Số lần ngừng hoạt động / số giờ ngừng hoạt động 2 / 0,00" in flat and "Tắt có chủ đích" in flat
     assert "Số ngày bảng tin hoạt động 1" in flat and "Số lần cập nhật nội dung 1" in flat
     assert "BÁO CÁO KẾT QUẢ HOẠT ĐỘNG BẢNG TIN ĐIỆN TỬ CÔNG CỘNG" in flat and "Lịch tiêm chủng tháng 12" in flat
+    assert "Thông báo cắt điện" in flat and unicodedata.normalize("NFD", "Thông báo cắt điện") not in flat

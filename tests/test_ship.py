@@ -67,7 +67,7 @@ def test_unit_file_exposure_is_ok_for_systemd_analyze_security() -> None:
     assert score <= 2.0, line
 
 
-@pytest.mark.parametrize("script", ["install.sh", "uninstall.sh", "bootstrap.sh", "test", "demo"])
+@pytest.mark.parametrize("script", ["install.sh", "uninstall.sh", "bootstrap.sh", "test", "demo", "catalogue"])
 def test_scripts_parse_and_pass_shellcheck(script: str) -> None:
     path = ROOT / "scripts" / script
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0

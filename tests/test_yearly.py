@@ -167,3 +167,12 @@ def test_a_year_prints_on_a4_with_every_day_and_every_letter(tmp_path: Path) -> 
     assert flat.rstrip().endswith("— Hết —")  # the last page is the end of the document, nothing cut off
     assert "Số ngày bảng tin hoạt động 365" in flat and "Số giờ màn hình sáng 5.840,00" in flat  # 365 × 16 h
     assert "lich Lịch tiêm chủng mở rộng Văn bản Thông thường 365 365 0 60:50:00" in flat  # 365 × 600 s
+
+
+def test_an_empty_journal_still_makes_a_report(tmp_path: Path) -> None:
+    report = build_report(tmp_path / "none.sqlite", "2026-01-01", "2026-12-31", board="b1")
+    assert report["summary"]["days_in_period"] == 365 and report["summary"]["days_in_operation"] == 0
+    assert report["summary"]["outage_h"] == 0  # no run at all: nothing the board could have been off from
+    html = format_report(report, "html")
+    assert "Không có lượt phát nào trong kỳ báo cáo." in html and "31/12/2026" in html
+    assert json.loads(format_report(build_report(tmp_path / "none.sqlite", None, None), "json"))["items"] == []

@@ -81,6 +81,7 @@ class Renderer:
     def __init__(self, settings: DisplaySettings, media: MediaSource, video: VideoBackend,
                  wake: Callable[[], None] = lambda: None, fonts: FontBook | None = None) -> None:
         self.settings = settings
+        self._words = translations(settings.language)  # the catalogue is read here, never on the display loop
         self._media = media
         self._wake = wake
         self._videos = VideoZone(video, media, wake)
@@ -366,7 +367,7 @@ class Renderer:
     def _splash_footer(self, scene: Scene) -> str:
         """Who the board is and why it shows its own screen, for a technician passing by."""
         why = N_("waiting for content from the source") if scene.manifest is None else N_("no item to show now")
-        return f"bangtin-agent · {self.settings.device_id} · {translations(self.settings.language).gettext(why)}"
+        return f"bangtin-agent · {self.settings.device_id} · {self._words.gettext(why)}"
 
     def _set_clock(self, box: painters.ClockBox | None) -> None:
         if box is not None:
