@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from agent.files import atomic_write
 from agent.ids import new_ulid
 from agent.manifest import DEFAULT_TIMEZONE
-from agent.models import PlayRecord
+from agent.models import Manifest, PlayRecord
 from agent.schedule import zone
 from agent.startguard import kernel_boot_id
 
@@ -68,6 +68,17 @@ def event(name: str, at: dt.datetime, timezone: str | None, manifest_serial: int
     return EventRecord(id=new_ulid(), item=name, type=EVENT_TYPE, title="", media_sha256=None,
                        manifest_serial=manifest_serial, priority="normal", started_at=when, ended_at=when,
                        duration_ms=0, completed=True, reason=None, details=tuple(details.items()))
+
+
+def manifest_changed(at: dt.datetime, manifest: Manifest, previous_serial: int | None) -> EventRecord:
+    return event(MANIFEST_CHANGED, at, manifest.timezone, manifest.serial, serial=manifest.serial,
+                 previous_serial=previous_serial, items=len(manifest.items))
+
+
+def stop_reason(clean: bool, restart_requested: bool, config_restart: bool) -> str:
+    if not clean:
+        return "failure"
+    return "restart" if restart_requested else "config" if config_restart else "stop"
 
 
 def is_event(record: dict[str, Any]) -> bool:
@@ -110,12 +121,13 @@ class RunEvents:
         except OSError as exc:
             log.warning("run marker not saved in %s: %s", self.path, exc.strerror or exc)
 
-    def stopped(self, at: dt.datetime, timezone: str | None, serial: int | None, *, clean: bool, reason: str) -> None:
+    def stopped(self, at: dt.datetime, manifest: Manifest | None, *, clean: bool, reason: str) -> None:
         """Record the stop (before the disk writer stops: it commits this last). Only a clean stop
         clears the marker, so a run that ended in a failure reads as a crash at the next start too."""
         if not self._started:
             return
         self._started = False
+        timezone, serial = (manifest.timezone, manifest.serial) if manifest is not None else (None, None)
         self._writer.add([event(AGENT_STOP, at, timezone, serial, clean=clean, reason=reason)])
         if clean:
             boot = self._boot_id()

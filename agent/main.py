@@ -41,12 +41,12 @@ from agent.ctlsocket import ControlServer
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.envelope import load_trusted_keys
-from agent.events import MANIFEST_CHANGED, RunEvents, event
+from agent.events import RunEvents, manifest_changed, stop_reason
 from agent.health import Problems
 from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit
 from agent.loop import DisplayLoop, Inbox, ScreenState
 from agent.manifest import DEFAULT_TIMEZONE
-from agent.models import Alert, Manifest, Scene, ScreenMode
+from agent.models import Alert, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
@@ -120,7 +120,7 @@ def build(config: Config) -> Board:
     store = MediaStore(storage / "media")
     content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups,
                       # `writer` is bound below; a manifest is committed only once the services run.
-                      on_commit=lambda manifest, previous: _manifest_event(writer, clock, manifest, previous))
+                      on_commit=lambda manifest, previous: writer.add([manifest_changed(clock.now(), manifest, previous)]))
     outbox = Outbox(storage / RECORDS_FILE, on_error=_problem_setter(problems, "outbox"),
                     max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
     writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
@@ -267,8 +267,8 @@ def run_board(board: Board) -> int:
         if not lifecycle.exec_restart:
             board.notifier.stopping()  # a re-exec keeps the unit active: READY comes again from the new process
         board.player.shutdown(board.clock.now(), time.monotonic())
-        run_events.stopped(board.clock.now(), *_zone_and_serial(board.content), clean=clean,
-                           reason=_stop_reason(lifecycle, clean))
+        run_events.stopped(board.clock.now(), board.content.current(), clean=clean,
+                           reason=stop_reason(clean, lifecycle.restart_requested, lifecycle.exec_restart))
         lifecycle.stop.set()
         if clean:
             board.writer.call(board.guard.ended_well)
@@ -329,22 +329,6 @@ def _verify_cache(content: Content, clock: Clock, loop: DisplayLoop, set_aside: 
         content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
         loop.wake()
     return set_aside
-
-
-def _zone_and_serial(content: Content) -> tuple[str | None, int | None]:
-    manifest = content.current()
-    return (manifest.timezone, manifest.serial) if manifest is not None else (None, None)
-
-
-def _stop_reason(lifecycle: Lifecycle, clean: bool) -> str:
-    if not clean:
-        return "failure"
-    return "restart" if lifecycle.restart_requested else "config" if lifecycle.exec_restart else "stop"
-
-
-def _manifest_event(writer: DiskWriter, clock: Clock, manifest: Manifest, previous: int | None) -> None:
-    writer.add([event(MANIFEST_CHANGED, clock.now(), manifest.timezone, manifest.serial, serial=manifest.serial,
-                      previous_serial=previous, items=len(manifest.items))])
 
 
 def _mark_shown(store: MediaStore, scene: Scene) -> None:

@@ -88,7 +88,7 @@ def test_a_start_tells_how_the_previous_run_ended(tmp_path: Path) -> None:
         return previous
 
     assert start() == "first"
-    runs.stopped(at, None, 3, clean=True, reason="stop")
+    runs.stopped(at, None, clean=True, reason="stop")
     for work in sink.calls:  # the disk writer runs these
         work()
     sink.calls.clear()
@@ -96,7 +96,7 @@ def test_a_start_tells_how_the_previous_run_ended(tmp_path: Path) -> None:
     assert start() == "crash"  # started again in the same boot without a stop: the agent died
     boot[0] = "boot-2"
     assert start() == "power_cut"  # the machine went down under a running agent
-    runs.stopped(at, None, 3, clean=False, reason="failure")
+    runs.stopped(at, None, clean=False, reason="failure")
     assert not sink.calls  # a failed run leaves the marker "running"
     boot[0] = "boot-2"
     assert start() == "crash"
