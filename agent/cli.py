@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, i18n
 from agent.config import Config, ConfigError, config_warnings, load_config
+from agent.i18n import _, ngettext
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", required=True, type=Path, metavar="PATH")
     report.add_argument("--from", dest="date_from", type=_date, metavar="DATE", help="first day, YYYY-MM-DD (local)")
     report.add_argument("--to", dest="date_to", type=_date, metavar="DATE", help="last day, YYYY-MM-DD (local)")
-    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.add_argument("--format", choices=["table", "csv", "json", "html"], default="table",
+                        help="html: the printable yearly report in Vietnamese (one offline file)")
+    report.add_argument("--section", default="items", choices=["items", "summary", "days", "months", "priorities",
+                                                                "emergencies", "outages"],
+                        help="with --format csv: which table (default items)")
+    report.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of standard output")
 
     identity = commands.add_parser("identity", help="print the board's public key and fingerprint (made if missing)")
     identity.add_argument("--config", required=True, type=Path, metavar="PATH")
@@ -98,12 +104,17 @@ def load_or_report(path: Path) -> Config | None:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        print(ngettext("{count} problem in {path}", "{count} problems in {path}", len(exc.problems)).format(
+            count=len(exc.problems), path=path), file=sys.stderr)
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # What a person reads at a terminal follows the locale; the running agent's logs, status and
+        # heartbeat `errors` stay English (agent/i18n.py says why).
+        i18n.use(i18n.language())
     setup_logging(args.log_level)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # before pygame's first import: keep logs clean
     if args.command == "check-config":
@@ -111,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         if config is None:
             return EXIT_CONFIG
         if config.enrolled:
-            print(f"{args.config}: OK (device {config.device.id}, source {config.source.url})")
+            print(_("{path}: OK (device {device}, source {source})").format(
+                path=args.config, device=config.device.id, source=config.source.url))
         else:
-            print(f"{args.config}: OK, not enrolled yet (the board shows its enrolment screen)")
+            print(_("{path}: OK, not enrolled yet (the board shows its enrolment screen)").format(path=args.config))
         for warning in config_warnings(config):
-            print(f"warning: {warning}")
+            print(_("warning: {warning}").format(warning=warning))
         return EXIT_OK
     if args.command == "run":
         config = load_or_report(args.config)
@@ -128,12 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_or_report(args.config)
         if config is None:
             return EXIT_CONFIG
-        from agent.outbox import RECORDS_FILE
-        from agent.report import build_report, format_report
-
-        print(format_report(build_report(Path(config.storage.dir) / RECORDS_FILE, args.date_from, args.date_to),
-                            args.format))
-        return EXIT_OK
+        return report(config, args)
     if args.command == "identity":
         config = load_or_report(args.config)
         if config is None:
@@ -161,6 +168,34 @@ def print_identity(config: Config, as_json: bool) -> int:
     return EXIT_OK
 
 
+def report(config: Config, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from agent.outbox import RECORDS_FILE
+    from agent.report import build_report, format_report
+
+    if args.date_from and args.date_to and args.date_from > args.date_to:
+        print(_("bangtin-agent report: --from {start} is after --to {end}").format(start=args.date_from,
+                                                                                    end=args.date_to), file=sys.stderr)
+        return EXIT_CONFIG
+    figures = build_report(Path(config.storage.dir) / RECORDS_FILE, args.date_from, args.date_to,
+                           board=config.device.id, now=dt.datetime.now(dt.UTC))
+    text = format_report(figures, args.format, args.section)
+    if args.out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return EXIT_OK
+    try:
+        args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(_("bangtin-agent report: cannot write {path}: {reason}").format(path=args.out,
+                                                                              reason=exc.strerror or exc), file=sys.stderr)
+        return EXIT_FAIL
+    print(_("{path}: report for {board} from {start} to {end}").format(
+        path=args.out, board=config.device.id, start=figures["period"]["from"] or "-", end=figures["period"]["to"] or "-"),
+        file=sys.stderr)
+    return EXIT_OK
+
+
 def ctl(args: argparse.Namespace) -> int:
     from agent.ctlsocket import ControlUnavailable, request
 
@@ -182,13 +217,13 @@ def ctl(args: argparse.Namespace) -> int:
         print(f"bangtin-agent ctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
     if not response.get("ok"):
-        print(f"bangtin-agent ctl {args.action}: {response.get('error')}", file=sys.stderr)
+        print(f"bangtin-agent ctl {args.action}: {response.get('error')}", file=sys.stderr)  # the agent's words
         return EXIT_FAIL
     result: dict[str, Any] = response.get("result") or {}
     if args.action == "screenshot":
         png = base64.b64decode(result["png_base64"])
         args.out.write_bytes(png)
-        print(f"{args.out}: {len(png)} bytes")
+        print(_("{path}: {count} bytes").format(path=args.out, count=len(png)))
     elif args.action == "status" and not args.json:
         print(format_status(result))
     else:
@@ -197,37 +232,48 @@ def ctl(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """`ctl status` for a person on SSH."""
+    """`ctl status` for a person on SSH (labels in the locale's language; values and errors as the agent says)."""
     display = status.get("display", {})
     cache = status.get("cache", {})
-    lines = [
-        f"device          {status.get('device') or '(not enrolled)'}   agent {status.get('agent_version')}   "
-        f"up {status.get('uptime_s')} s",
-        f"board key       {(status.get('identity') or {}).get('fingerprint') or (status.get('identity') or {}).get('error')}",
-        f"source          {status.get('source')}",
-        f"manifest        serial {status.get('manifest_serial')}, last sync {status.get('last_sync_ok_at') or 'never'}",
-        f"on screen       {status.get('current_item') or '(splash)'}"
-        + ("   [ALERT]" if status.get("alert_active") else ""),
-        f"screen          {'on' if status.get('screen_on') else 'off'} (mode {status.get('screen_mode')})",
-        f"media           {cache.get('media_missing', 0)} missing, {cache.get('bytes_used', 0)} bytes verified",
-        f"outbox          {status.get('outbox_pending')} record(s) pending",
-        f"display         {display.get('driver')} {display.get('size')} frames {display.get('frames')}",
+    identity = status.get("identity") or {}
+    rows = [
+        (_("device"), _("{device}   agent {version}   up {uptime} s").format(
+            device=status.get("device") or _("(not enrolled)"), version=status.get("agent_version"),
+            uptime=status.get("uptime_s"))),
+        (_("board key"), identity.get("fingerprint") or identity.get("error") or "-"),
+        (_("source"), f"{status.get('source')}"),
+        (_("manifest"), _("serial {serial}, last sync {when}").format(
+            serial=status.get("manifest_serial"), when=status.get("last_sync_ok_at") or _("never"))),
+        (_("on screen"), (status.get("current_item") or _("(splash)"))
+         + ("   " + _("[ALERT]") if status.get("alert_active") else "")),
+        (_("screen"), _("{state} (mode {mode})").format(state=_("on") if status.get("screen_on") else _("off"),
+                                                       mode=status.get("screen_mode"))),
+        (_("media"), _("{missing} missing, {bytes} bytes verified").format(missing=cache.get("media_missing", 0),
+                                                                         bytes=cache.get("bytes_used", 0))),
+        (_("outbox"), ngettext("{count} record pending", "{count} records pending",
+                               int(status.get("outbox_pending") or 0)).format(count=status.get("outbox_pending"))),
+        (_("display"), _("{driver} {size} frames {frames}").format(driver=display.get("driver"),
+                                                                   size=display.get("size"), frames=display.get("frames"))),
     ]
     sync = status.get("sync") or {}
     if sync.get("pending_manifest_serial"):
-        lines.append(f"next manifest   serial {sync['pending_manifest_serial']} (fetching its media)")
+        rows.append((_("next manifest"), _("serial {serial} (fetching its media)").format(
+            serial=sync["pending_manifest_serial"])))
     download = sync.get("download")
     if download:
-        eta = f", about {download['eta_s']} s left" if download.get("eta_s") is not None else ""
-        lines.append(f"downloading     {download['media']}: {download['bytes_done']}/{download['bytes_total']} bytes{eta}")
+        eta = _(", about {seconds} s left").format(seconds=download["eta_s"]) if download.get("eta_s") is not None else ""
+        rows.append((_("downloading"), _("{media}: {done}/{total} bytes").format(
+            media=download["media"], done=download["bytes_done"], total=download["bytes_total"]) + eta))
     update = status.get("update") or {}
     if update.get("state") == "off":
-        lines.append(f"update          off ({update.get('reason')})")
+        rows.append((_("update"), _("off ({reason})").format(reason=update.get("reason"))))
     elif update:
         detail = f": {update['error']}" if update.get("error") else ""
-        lines.append(f"update          release {update.get('serial', '-')} ({update.get('version', '-')}) "
-                     f"{update.get('state')}{detail}")
+        rows.append((_("update"), _("release {serial} ({version}) {state}").format(
+            serial=update.get("serial", "-"), version=update.get("version", "-"), state=update.get("state")) + detail))
     errors = status.get("errors") or []
-    lines.append(f"errors          {len(errors) or 'none'}")
+    rows.append((_("errors"), str(len(errors)) if errors else _("none")))
+    width = max(16, *(len(label) + 2 for label, _value in rows))
+    lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     lines.extend(f"  - {error}" for error in errors)
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from agent.i18n import N_, _
 from agent.limits import show_value
 
 Check = Callable[[Any], str | None]  # returns what was expected when the value is wrong
@@ -41,20 +42,20 @@ def setting(default: Any, *, check: Check | None = None, secret: bool = False, e
 
 
 def _at_least(minimum: float) -> Check:
-    return lambda value: None if value >= minimum else f"a number >= {minimum:g}"
+    return lambda value: None if value >= minimum else _("a number >= {minimum}").format(minimum=f"{minimum:g}")
 
 
 def _in_range(low: int, high: int) -> Check:
-    return lambda value: None if low <= value <= high else f"a number from {low} to {high}"
+    return lambda value: None if low <= value <= high else _("a number from {low} to {high}").format(low=low, high=high)
 
 
 def _device_id(value: str) -> str | None:
-    return None if re.fullmatch(r"[a-z0-9._-]{1,64}", value) else "1-64 characters of a-z, 0-9, '.', '_', '-'"
+    return None if re.fullmatch(r"[a-z0-9._-]{1,64}", value) else _("1-64 characters of a-z, 0-9, '.', '_', '-'")
 
 
 def _groups(value: tuple[str, ...]) -> str | None:
     bad = [g for g in value if not re.fullmatch(r"[a-z0-9._-]{1,64}", g)]
-    return f"group names of a-z, 0-9, '.', '_', '-' (bad: {bad[0]!r})" if bad else None
+    return _("group names of a-z, 0-9, '.', '_', '-' (bad: {name})").format(name=repr(bad[0])) if bad else None
 
 
 def _source_url(value: str) -> str | None:
@@ -63,7 +64,7 @@ def _source_url(value: str) -> str | None:
         return None
     if parts.scheme in ("http", "https") and parts.netloc:
         return None
-    return "an https://, http:// or file:/// URL"
+    return _("an https://, http:// or file:/// URL")
 
 
 def _mqtt_urls(value: str | tuple[str, ...] | None) -> str | None:
@@ -71,7 +72,7 @@ def _mqtt_urls(value: str | tuple[str, ...] | None) -> str | None:
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            return "mqtt:// or mqtts:// URL (or a list of them)"
+            return _("mqtt:// or mqtts:// URL (or a list of them)")
     return None
 
 
@@ -79,22 +80,23 @@ TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII, no spaces
 
 
 def _token(value: str) -> str | None:
-    return None if TOKEN_PATTERN.fullmatch(value) else "printable characters without spaces or line breaks"
+    return None if TOKEN_PATTERN.fullmatch(value) else _("printable characters without spaces or line breaks")
 
 
 def read_token_file(path: str) -> str:
     """The token in a token file (whitespace around it stripped); ValueError says what is wrong, never the token."""
     mode = os.stat(path).st_mode
     if mode & 0o137:  # group may read at most (0640); nobody else at all
-        raise ValueError(f"mode {stat.S_IMODE(mode):04o} lets other users read or change it (expected 0600 or 0640)")
+        raise ValueError(_("mode {mode} lets other users read or change it (expected 0600 or 0640)").format(
+            mode=f"{stat.S_IMODE(mode):04o}"))
     with open(path, "rb") as handle:
         raw = handle.read(8193)
     try:
         token = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise ValueError("it is not UTF-8 text") from None
+        raise ValueError(_("it is not UTF-8 text")) from None
     if len(raw) > 8192 or (token and _token(token)):
-        raise ValueError("it holds more than one printable word (a token has no spaces or line breaks inside)")
+        raise ValueError(_("it holds more than one printable word (a token has no spaces or line breaks inside)"))
     return token
 
 
@@ -102,7 +104,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _log_level(value: str) -> str | None:
-    return None if value in LOG_LEVELS else f"one of {', '.join(LOG_LEVELS)}"
+    return None if value in LOG_LEVELS else _("one of {levels}").format(levels=", ".join(LOG_LEVELS))
 
 
 CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
@@ -111,7 +113,7 @@ CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 def _windows(value: tuple[tuple[str, str], ...]) -> str | None:
     for window in value:
         if len(window) != 2 or not all(CLOCK_TIME.fullmatch(end) for end in window):
-            return 'a list of ["HH:MM", "HH:MM"] windows (local time; an end before its start wraps past midnight)'
+            return _('a list of ["HH:MM", "HH:MM"] windows (local time; an end before its start wraps past midnight)')
     return None
 
 
@@ -122,7 +124,7 @@ def _keys(value: tuple[str, ...]) -> str | None:
                 continue
         except (binascii.Error, ValueError):
             pass
-        return "standard base64 of raw 32-byte Ed25519 public keys"
+        return _("standard base64 of raw 32-byte Ed25519 public keys")
     return None
 
 
@@ -273,13 +275,13 @@ def _compose_lines(text: str) -> tuple[Any, dict[str, int]]:
 
 def _describe(value: Any, secret: bool) -> str:
     if secret:
-        return "a value (hidden)"
+        return _("a value (hidden)")
     if value is None:
-        return "nothing (null)"
+        return _("nothing (null)")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+        return _("a mapping") if isinstance(value, dict) else _("a list")
     return show_value(value)
 
 
@@ -287,14 +289,14 @@ NOT_KEYS = frozenset({"path", "dropins", "explicit"})  # Config fields that are 
 
 
 def _expected_type(annotation: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    names = {int: N_("an integer"), float: N_("a number"), bool: N_("true or false"), str: N_("a string")}
     if annotation in names:
-        return names[annotation]
+        return _(names[annotation])
     if typing.get_origin(annotation) is tuple:
-        return "a list of windows" if typing.get_args(annotation)[0] is not str else "a list of strings"
+        return _("a list of windows") if typing.get_args(annotation)[0] is not str else _("a list of strings")
     args = typing.get_args(annotation)
     parts = [_expected_type(a) if a is not type(None) else "null" for a in args]
-    return " or ".join(dict.fromkeys(p for p in parts if p != "null")) + (" (or null)" if type(None) in args else "")
+    return _(" or ").join(dict.fromkeys(p for p in parts if p != "null")) + (_(" (or null)") if type(None) in args else "")
 
 
 def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -372,11 +374,12 @@ def check_value(key_path: str, raw: Any) -> tuple[Any, str | None]:
     ok, value = _coerce(raw, annotation)
     secret = fld.metadata["secret"]
     if not ok:
-        return None, f"expected {_expected_type(annotation)}, found {_describe(raw, secret)}"
+        return None, _("expected {expected}, found {found}").format(expected=_expected_type(annotation),
+                                                                   found=_describe(raw, secret))
     check = fld.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
     if problem:
-        return None, f"expected {problem}, found {_describe(raw, secret)}"
+        return None, _("expected {expected}, found {found}").format(expected=problem, found=_describe(raw, secret))
     return value, None
 
 
@@ -387,15 +390,17 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
     all_paths = _all_key_paths()
     for key in data:
         if not isinstance(key, str):
-            report(f"{prefix}{_describe(key, False)}", "expected a key name, found a key that is not text")
+            report(f"{prefix}{_describe(key, False)}", _("expected a key name, found a key that is not text"))
             continue
         if key not in known:
             key_path = f"{prefix}{key}"
             close = difflib.get_close_matches(key_path, all_paths, n=1, cutoff=0.6)
             if not close:
                 close = [f"{prefix}{m}" for m in difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)]
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys here: {', '.join(sorted(known))}"
-            report(key_path, f"unknown key{hint}")
+            if close:
+                report(key_path, _("unknown key; did you mean '{key}'?").format(key=close[0]))
+            else:
+                report(key_path, _("unknown key; known keys here: {keys}").format(keys=", ".join(sorted(known))))
     values: dict[str, Any] = {}
     for fld in _schema_fields(cls):
         key_path = f"{prefix}{fld.name}"
@@ -405,7 +410,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
             if section is None:
                 section = {}
             if not isinstance(section, dict):
-                report(key_path, f"expected a mapping of keys, found {_describe(section, False)}")
+                report(key_path, _("expected a mapping of keys, found {found}").format(found=_describe(section, False)))
                 section = {}
             values[fld.name] = _build(annotation, section, key_path + ".", report, base_dir)  # type: ignore[arg-type]
             continue
@@ -438,28 +443,32 @@ def dropin_files(config_path: str | os.PathLike[str]) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
-        raise ConfigError([f"{folder}: cannot list config drop-ins: {exc.strerror or exc}"]) from None
+        raise ConfigError([_("{path}: cannot list config drop-ins: {reason}").format(
+            path=folder, reason=exc.strerror or exc)]) from None
 
 
 def _read_yaml_file(file_path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         text = file_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{file_path}: cannot read config: {exc.strerror or exc}"]) from None
+        raise ConfigError([_("{path}: cannot read config: {reason}").format(path=file_path,
+                                                                            reason=exc.strerror or exc)]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{file_path}: config is not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+        raise ConfigError([_("{path}: config is not UTF-8 text ({reason} at byte {byte})").format(
+            path=file_path, reason=exc.reason, byte=exc.start)]) from None
     try:
         data, lines = _compose_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file_path}:{mark.line + 1}" if mark is not None else str(file_path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+        raise ConfigError([_("{where}: not valid YAML: {problem}").format(where=where, problem=problem)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         found = _describe(data, False)
-        raise ConfigError([f"{file_path}:1: expected a mapping of sections (device:, source:, ...), found {found}"])
+        raise ConfigError([_("{path}:1: expected a mapping of sections (device:, source:, ...), found {found}").format(
+            path=file_path, found=found)])
     return data, lines
 
 
@@ -483,8 +492,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     for dropin in dropins:
         mode = dropin.stat().st_mode
         if mode & 0o022:
-            problems.append(f"{dropin}: others may change this config drop-in (mode {stat.S_IMODE(mode):04o}; "
-                            f"chmod go-w {dropin})")
+            problems.append(_("{path}: others may change this config drop-in (mode {mode}; chmod go-w {path})").format(
+                path=dropin, mode=f"{stat.S_IMODE(mode):04o}"))
             continue
         overlay, overlay_lines = _read_yaml_file(dropin)
         data = _merge(data, overlay)
@@ -542,23 +551,23 @@ def config_from_mapping(data: Mapping[str, Any], file_path: Path,
 def _cross_checks(config: Config, where: Callable[[str], str]) -> list[str]:
     problems = []
     if config.source.token and config.source.token_file:
-        problems.append(f"{where('source.token_file')}: source.token_file: expected either token or token_file, found both")
+        problems.append(f"{where('source.token_file')}: source.token_file: "
+                        + _("expected either token or token_file, found both"))
     if config.source.token_file:
         try:
             read_token_file(config.source.token_file)
         except OSError as exc:
-            problems.append(
-                f"{where('source.token_file')}: source.token_file: expected a readable file, "
-                f"found {config.source.token_file!r} ({exc.strerror})"
-            )
+            problems.append(f"{where('source.token_file')}: source.token_file: " + _(
+                "expected a readable file, found {path} ({reason})").format(path=repr(config.source.token_file),
+                                                                            reason=exc.strerror))
         except ValueError as exc:
             problems.append(f"{where('source.token_file')}: source.token_file: {config.source.token_file}: {exc}")
     storage_problem = storage_dir_problem(config.storage.dir)
     if storage_problem:
         problems.append(f"{where('storage.dir')}: storage.dir: {storage_problem}")
     if config.source.ca_file and not os.path.isfile(config.source.ca_file):
-        problems.append(f"{where('source.ca_file')}: source.ca_file: expected a CA bundle file, "
-                        f"found {config.source.ca_file!r} (no such file)")
+        problems.append(f"{where('source.ca_file')}: source.ca_file: " + _(
+            "expected a CA bundle file, found {path} (no such file)").format(path=repr(config.source.ca_file)))
     return problems
 
 
@@ -569,15 +578,16 @@ def storage_dir_problem(directory: str) -> str | None:
     except FileNotFoundError:
         return None  # created with mode 0750 at start
     except OSError as exc:
-        return f"cannot inspect {directory} ({exc.strerror})"
+        return _("cannot inspect {path} ({reason})").format(path=directory, reason=exc.strerror)
     if stat.S_ISLNK(found.st_mode):
         target = os.path.realpath(directory)
         found = os.stat(target)
     if not stat.S_ISDIR(found.st_mode):
-        return f"expected a directory, found {directory!r} (not a directory)"
+        return _("expected a directory, found {path} (not a directory)").format(path=repr(directory))
     if found.st_mode & 0o022:
-        return (f"expected a directory only its owner can write to, found {directory!r} with mode "
-                f"{stat.S_IMODE(found.st_mode):04o} (chmod go-w {directory})")
+        return _("expected a directory only its owner can write to, found {path} with mode {mode} "
+                 "(chmod go-w {directory})").format(path=repr(directory), mode=f"{stat.S_IMODE(found.st_mode):04o}",
+                                                    directory=directory)
     return None
 
 
@@ -586,22 +596,23 @@ def config_warnings(config: Config) -> list[str]:
     warnings = []
     secret = bool(config.source.token or config.source.token_file)
     if secret and urlsplit(config.source.url).scheme == "http":
-        warnings.append(f"{config.path}: source.url: the device token would travel unencrypted over http:// "
-                        "(use https://)")
+        warnings.append(f"{config.path}: source.url: "
+                        + _("the device token would travel unencrypted over http:// (use https://)"))
     mqtt_urls = (config.mqtt.url,) if isinstance(config.mqtt.url, str) else (config.mqtt.url or ())
     if secret and any(urlsplit(url).scheme == "mqtt" for url in mqtt_urls):
-        warnings.append(f"{config.path}: mqtt.url: the device token is the MQTT password and would travel "
-                        "unencrypted over mqtt:// (use mqtts://)")
+        warnings.append(f"{config.path}: mqtt.url: "
+                        + _("the device token is the MQTT password and would travel unencrypted over mqtt:// (use mqtts://)"))
     missing = config.missing_for_enrolment()
     if missing:
-        warnings.append(f"{config.path}: not enrolled ({', '.join(missing)} not set): the board shows its enrolment "
-                        "screen and waits for a provisioning bundle (docs/provisioning.md)")
+        warnings.append(f"{config.path}: " + _("not enrolled ({keys} not set): the board shows its enrolment screen "
+                                              "and waits for a provisioning bundle (docs/provisioning.md)").format(
+                                                  keys=", ".join(missing)))
         if not config.security.provision_keys:
-            warnings.append(f"{config.path}: security.provision_keys: empty, so no provisioning bundle can enrol this "
-                            "board (install.sh --province-key KEY)")
+            warnings.append(f"{config.path}: security.provision_keys: "
+                            + _("empty, so no provisioning bundle can enrol this board (install.sh --province-key KEY)"))
     if not config.security.manifest_keys:
-        warnings.append(f"{config.path}: security.manifest_keys: empty, so unsigned manifests and commands are "
-                        "accepted (development only)")
+        warnings.append(f"{config.path}: security.manifest_keys: "
+                        + _("empty, so unsigned manifests and commands are accepted (development only)"))
     return warnings
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class Content:
         keys: Sequence[TrustedKey],
         device_id: str,
         groups: Sequence[str],
+        on_commit: Callable[[Manifest, int | None], None] | None = None,
     ) -> None:
         self._manifest_path = state_dir / "manifest.accepted"
         self._previous_path = state_dir / "manifest.previous"
@@ -73,6 +74,7 @@ class Content:
         self._keys = tuple(keys)
         self._device_id = device_id
         self._groups = tuple(groups)
+        self._on_commit = on_commit  # (new manifest, previous serial): the journal's manifest_changed event
         self._lock = threading.Lock()
         self._manifest: Manifest | None = None
         self._state = _State()
@@ -193,6 +195,7 @@ class Content:
             previous_raw = None
         with self._lock:
             was_set_aside = self._state.set_aside
+            previous_serial = self._manifest.serial if self._manifest is not None else None
         if previous_raw is not None and was_set_aside is None:
             atomic_write(self._previous_path, previous_raw)
         atomic_write(self._manifest_path, raw)
@@ -207,6 +210,8 @@ class Content:
         # Problems about media and items the new manifest no longer has are no longer problems.
         self._problems.resolve_prefix("media:", keep={f"media:{m.id}" for m in manifest.media})
         self._problems.resolve_prefix("item:", keep={f"item:{i.id}" for i in manifest.items})
+        if self._on_commit is not None:
+            self._on_commit(manifest, previous_serial)
         log.info("manifest serial %d is now current (%d items, %d media)", manifest.serial,
                  len(manifest.items), len(manifest.media))
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.i18n import _
 from agent.limits import MAX_COMMAND_BYTES, load_json
 from agent.models import InputRejected
 
@@ -173,7 +174,8 @@ def request(path: Path, command: str, args: dict[str, Any] | None = None, timeou
         try:
             sock.connect(str(path))
         except OSError as exc:
-            raise ControlUnavailable(f"no agent answers on {path}: {exc.strerror or exc}") from None
+            raise ControlUnavailable(_("no agent answers on {path}: {reason}").format(
+                path=path, reason=exc.strerror or exc)) from None
         sock.sendall(json.dumps({"command": command, "args": args or {}}).encode("utf-8") + b"\n")
         buffer = bytearray()
         while not buffer.endswith(b"\n"):
@@ -182,12 +184,13 @@ def request(path: Path, command: str, args: dict[str, Any] | None = None, timeou
                 break
             buffer.extend(chunk)
     except TimeoutError:
-        raise ControlUnavailable(f"the agent on {path} did not answer within {timeout:g} s") from None
+        raise ControlUnavailable(_("the agent on {path} did not answer within {seconds} s").format(
+            path=path, seconds=f"{timeout:g}")) from None
     finally:
         sock.close()
     if not buffer:
-        raise ControlUnavailable(f"the agent on {path} closed the connection without answering")
+        raise ControlUnavailable(_("the agent on {path} closed the connection without answering").format(path=path))
     response = json.loads(buffer)
     if not isinstance(response, dict):
-        raise ControlUnavailable(f"the agent on {path} answered something that is not a JSON object")
+        raise ControlUnavailable(_("the agent on {path} answered something that is not a JSON object").format(path=path))
     return response

@@ -1,7 +1,8 @@
 """`bangtin-agent demo`: a sample Vietnamese bulletin played through the real agent.
 
 No server and no config needed: it writes a content folder (images drawn here, a text notice, a
-high-priority warning that comes on at :00, :10, :20 … of each hour, ticker lines, a logo), signs
+short video encoded here, a high-priority warning whose `when` window opens for a minute at :00,
+:10, :20 … of each hour, ticker lines, a logo), signs
 its manifest with a demo key of its own, writes a config next to it and runs the agent with the
 `file://` source. Everything a board does happens for real, so `ctl` works against it too.
 """
@@ -91,6 +92,40 @@ def _draw_images(folder: Path) -> None:
     pygame.image.save(photo, str(folder / "media" / "dai-doan-ket.jpg"))
 
 
+def _make_video(folder: Path, seconds: float = 6.0, fps: int = 25, size: tuple[int, int] = (640, 360)) -> None:
+    """A few seconds of H.264 in MP4, encoded here with PyAV (the decoder the board plays it with):
+    a headline sliding over a moving sky, so it is plainly a video and not a slide."""
+    import av
+    import pygame
+
+    from agent.display.text import FontBook, fit_block
+
+    pygame.font.init()
+    width, height = size
+    headline = fit_block(FontBook(), "Phòng chống thiên tai — Chủ động ứng phó mùa mưa bão", (width - 40, height // 3),
+                         (255, 255, 255), bold=True, max_size=44, align="center")
+    frame_surface = pygame.Surface(size)
+    with av.open(str(folder / "media" / "phong-chong-thien-tai.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "28"}
+        count = round(seconds * fps)
+        for n in range(count):
+            t = n / count
+            for y in range(0, height, 8):  # bands of colour that drift: cheap to draw, easy to compress
+                shade = (y / height + t) % 1.0
+                frame_surface.fill((20 + int(60 * shade), 80 + int(80 * shade), 160 + int(60 * shade)), (0, y, width, 8))
+            x = round(width - (width + headline.get_width()) * t * 1.2) + headline.get_width() // 2
+            frame_surface.blit(headline, headline.get_rect(center=(max(width // 2, x), height // 2)))
+            frame = av.VideoFrame(width, height, "rgb24")
+            frame.planes[0].update(pygame.image.tobytes(frame_surface, "RGB"))
+            frame.pts = n
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 def _cos(degrees: float) -> float:
     return math.cos(math.radians(degrees))
 
@@ -124,6 +159,7 @@ def build_manifest(folder: Path, serial: int) -> dict[str, Any]:
             _media_entry(folder, "m-logo", "logo.png", "image/png"),
             _media_entry(folder, "m1", "lich-tiem-chung.png", "image/png"),
             _media_entry(folder, "m2", "dai-doan-ket.jpg", "image/jpeg"),
+            _media_entry(folder, "m3", "phong-chong-thien-tai.mp4", "video/mp4"),
         ],
         "items": [
             {"id": "i1", "type": "image", "media": "m1", "duration_s": 10, "title": "Lịch tiêm chủng"},
@@ -136,6 +172,8 @@ def build_manifest(folder: Path, serial: int) -> dict[str, Any]:
              "body": "Đài Khí tượng Thủy văn tỉnh dự báo mưa lớn diện rộng. Người dân vùng trũng thấp chủ động "
                      "kê cao tài sản, không đi qua ngầm tràn, theo dõi thông báo của chính quyền địa phương.",
              "when": {"times": warning_windows}},
+            # No duration_s: the video plays once, for its own length.
+            {"id": "i5", "type": "video", "media": "m3", "title": "Phòng chống thiên tai"},
         ],
         "ticker": [
             {"id": "t1", "text": "Người dân chủ động theo dõi thông tin thời tiết, phòng chống thiên tai."},
@@ -160,6 +198,7 @@ def prepare(directory: Path, fullscreen: bool) -> Path:
     public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     if not (content / "manifest.json").exists():
         _draw_images(content)
+        _make_video(content)
         manifest = build_manifest(content, serial=int(dt.datetime.now().timestamp()))
         payload = json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
         envelope = sign_envelope(payload, MANIFEST_PAYLOAD_TYPE, private)
@@ -194,6 +233,7 @@ def run_demo(*, fullscreen: bool, directory: Path | None) -> int:
     print(f"demo content: {directory / 'content'}\n"
           f"try: bangtin-agent ctl --config {config_path} status\n"
           f"     bangtin-agent ctl --config {config_path} alert --title 'CẢNH BÁO' --body 'Bão số 3' --minutes 1\n"
+          f"     bangtin-agent report --config {config_path} --format html --out bao-cao.html\n"
           "close the window (or press Esc, or Ctrl+C) to stop", file=sys.stderr)
     import pygame
 

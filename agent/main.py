@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 import pygame
 
-from agent import __version__, hardware, schedule
+from agent import __version__, hardware, i18n, schedule
 from agent.alerts import ALERTS_FILE, AlertStore
 from agent.cache.store import MediaStore
 from agent.clock import Clock
@@ -41,6 +41,7 @@ from agent.ctlsocket import ControlServer
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.envelope import load_trusted_keys
+from agent.events import RunEvents, manifest_changed, stop_reason
 from agent.health import Problems
 from agent.identity import Identity, IdentityError
 from agent.identity import load_or_create as load_identity
@@ -127,7 +128,9 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
     cache_limit = config.storage.cache_max_mb * 1024 * 1024
 
     store = MediaStore(storage / "media")
-    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups)
+    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups,
+                      # `writer` is bound below; a manifest is committed only once the services run.
+                      on_commit=lambda manifest, previous: writer.add([manifest_changed(clock.now(), manifest, previous)]))
     outbox = Outbox(storage / RECORDS_FILE, on_error=_problem_setter(problems, "outbox"),
                     max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
     writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
@@ -140,7 +143,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
     renderer = Renderer(
         DisplaySettings(width=config.display.width, height=config.display.height, fullscreen=config.display.fullscreen,
                         fps=config.display.fps, crossfade_ms=config.display.crossfade_ms,
-                        splash_title=config.display.splash_title, device_id=config.device.id),
+                        splash_title=config.display.splash_title, device_id=config.device.id,
+                        language=i18n.language()),  # the splash's footer follows the board's locale
         store, PyAVBackend(), wake=inbox.wake)
     power = ScreenPower(resolve_command(config.display.power_on_command, CEC_ON),
                         resolve_command(config.display.power_off_command, CEC_OFF), stop)
@@ -256,6 +260,7 @@ def run_board(board: Board) -> int:
     board.control.open()
     previous_handlers = _install_signals(lifecycle, board.loop.inbox)
     services = Services()
+    run_events = RunEvents(storage, board.writer, __version__)  # start and stop in the journal (the yearly report)
     clean = False
     try:
         try:
@@ -265,6 +270,7 @@ def run_board(board: Board) -> int:
             log.error("cannot open the display with %s driver: %s (on a board console set SDL_VIDEODRIVER=kmsdrm "
                       "and give the user the video and render groups)", driver, exc)
             return EXIT_FAIL
+        run_events.started(board.clock.now())  # the journal's first row of this run, before the screen's first event
         # A first frame before anything slow: the splash, never a dark screen.
         board.loop.safe_step()
         board.notifier.ready("splash on screen, loading content")
@@ -272,6 +278,7 @@ def run_board(board: Board) -> int:
             log.warning("%s", warning)
         lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.player, board.clock,
                                        board.problems)
+        run_events.mark_running()
         services.start(board.writer)
         manifest = board.content.current()
         board.updater.offer(manifest.release if manifest is not None else None)
@@ -285,6 +292,8 @@ def run_board(board: Board) -> int:
         if not (lifecycle.exec_restart or lifecycle.update_restart):
             board.notifier.stopping()  # a restart in place keeps the unit active: READY comes again
         board.player.shutdown(board.clock.now(), time.monotonic())
+        run_events.stopped(board.clock.now(), board.content.current(), clean=clean,
+                           reason=stop_reason(clean, lifecycle.restart_requested, lifecycle.exec_restart))
         lifecycle.stop.set()
         if clean:
             board.writer.call(board.guard.ended_well)

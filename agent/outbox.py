@@ -9,9 +9,10 @@ are on disk when it returns — across kill -9 and power cuts alike. In the agen
 the disk writer (agent/writer.py), which groups whatever records arrived during the previous
 commit into the next one, off the display thread. Uploads mark a whole batch in one transaction.
 
-The schema is versioned (`PRAGMA user_version`): 0 is the v1 layout (the same tables), 1 the
-current one; opening a database upgrades it in place, and older readers (`bangtin-agent report`
-of an earlier release) still read its tables.
+The schema is versioned (`PRAGMA user_version`): 0 is the v1 layout, 1 the same tables, 2 adds
+`summaries.priority`; opening a database upgrades it in place, and older readers (`bangtin-agent
+report` of an earlier release) still read its tables. Events (agent/events.py) are rows like
+showings and are never folded into summaries.
 
 Bounded: beyond `max_records` rows, the oldest are folded into per-item-per-day summaries (count,
 completed, total duration, first/last) instead of being dropped; `summarised` says how many were.
@@ -58,13 +59,14 @@ CREATE TABLE IF NOT EXISTS summaries (
     first_shown TEXT NOT NULL,
     last_shown TEXT NOT NULL,
     not_uploaded INTEGER NOT NULL,  -- of `count`, records the source never received one by one
+    priority TEXT NOT NULL DEFAULT '',  -- since schema 2 ('' in rows folded by schema 1)
     PRIMARY KEY (day, item)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 RECORDS_FILE = "outbox.sqlite"  # in storage.dir: outbox and journal
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_RECORDS = 90 * 24 * 360  # 90 days of 10-second items
 DEFAULT_JOURNAL_DAYS = 400  # a year and a month: the commune's yearly report is due before 20/12
 
@@ -99,7 +101,10 @@ class Outbox:
             log.warning("%s has schema version %d, newer than this agent's %d: reading it as version %d",
                         self.path, version, SCHEMA_VERSION, SCHEMA_VERSION)
         elif version < SCHEMA_VERSION:
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # v1 (0) → 1: the same tables
+            # 0 and 1 → 2: summaries gain `priority` (the yearly report counts by priority class).
+            if "priority" not in {row[1] for row in db.execute("PRAGMA table_info(summaries)")}:
+                db.execute("ALTER TABLE summaries ADD COLUMN priority TEXT NOT NULL DEFAULT ''")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db = db
 
     def close(self) -> None:
@@ -202,23 +207,29 @@ class Outbox:
         excess = total - self.max_records
         if excess <= 0:
             return
-        rows = db.execute("SELECT seq, day, item, uploaded, body FROM records ORDER BY seq LIMIT ?", (excess,)).fetchall()
+        # Events (agent/events.py) are never folded: the report's lit hours and outages are their intervals.
+        rows = db.execute("SELECT seq, day, item, uploaded, body FROM records "
+                          "WHERE coalesce(json_extract(body, '$.type'), '') != 'event' ORDER BY seq LIMIT ?",
+                          (excess,)).fetchall()
+        if not rows:
+            return
         for _, day, item, uploaded, body in rows:
             record = json.loads(body)
             db.execute(
                 """INSERT INTO summaries (day, item, title, type, count, completed, total_ms, first_shown, last_shown,
-                                          not_uploaded)
-                   VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+                                          not_uploaded, priority)
+                   VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (day, item) DO UPDATE SET
                      count = count + 1, completed = completed + excluded.completed,
                      total_ms = total_ms + excluded.total_ms,
                      first_shown = min(first_shown, excluded.first_shown),
                      last_shown = max(last_shown, excluded.last_shown),
-                     not_uploaded = not_uploaded + excluded.not_uploaded""",
+                     not_uploaded = not_uploaded + excluded.not_uploaded,
+                     priority = excluded.priority""",
                 (day, item, record.get("title") or "", record.get("type") or "", int(bool(record.get("completed"))),
                  int(record.get("duration_ms") or 0), record.get("started_at") or "", record.get("ended_at") or "",
-                 1 - int(uploaded)))
-        db.execute("DELETE FROM records WHERE seq <= ?", (rows[-1][0],))
+                 1 - int(uploaded), record.get("priority") or ""))
+        db.execute("DELETE FROM records WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps([r[0] for r in rows]),))
         db.execute("INSERT INTO meta (key, value) VALUES ('summarised', ?) "
                    "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value", (len(rows),))
         log.warning("outbox over %d records: %d oldest folded into daily summaries", self.max_records, len(rows))

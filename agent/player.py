@@ -17,6 +17,7 @@ from typing import Protocol
 
 from agent import schedule
 from agent.content import Snapshot
+from agent.events import ScreenEvents
 from agent.health import Problems
 from agent.ids import new_ulid
 from agent.manifest import DEFAULT_TIMEZONE
@@ -76,6 +77,7 @@ class Player:
         self._ticker_key: object = None
         self._ticker_manifest: Manifest | None = None
         self._ticker_text = ""
+        self._events = ScreenEvents(outbox)  # lit/dark transitions and the sign of life, for the yearly report
 
     # --- commands (display thread) ---------------------------------------------------------
 
@@ -190,6 +192,9 @@ class Player:
             self._problems.resolve(f"item:{item_id}")
         choice = self._choose(snapshot, now, unplayable)
         self._screen_on = choice.screen_on
+        manifest = snapshot.manifest
+        self._events.update(choice.screen_on, _screen_cause(choice, self._screen_mode), self._screen_mode, now, mono,
+                            manifest.timezone if manifest is not None else None, self._manifest_serial)
         self._settle_current(snapshot, choice, now, mono)
         if self._showing is None:
             if choice.alert is not None:
@@ -294,6 +299,7 @@ class Player:
             reason=reason,
         )
         self._outbox.add([record])
+        self._events.wrote(mono)
 
     def _ticker(self, manifest: Manifest | None, now: dt.datetime, mono: float) -> str:
         """The active ticker lines joined; the same string object while they stay the same, so the
@@ -320,6 +326,17 @@ class Player:
         upcoming = choice.item if choice.item is not None and choice.item != showing.item else None
         return Scene("item", manifest, item=showing.item, ticker_text=ticker, upcoming=upcoming,
                      showing_id=showing.id)
+
+
+def _screen_cause(choice: schedule.Choice, mode: ScreenMode) -> str:
+    """Why the screen is lit or dark now (recorded with each transition)."""
+    if choice.alert is not None:
+        return "alert"
+    if mode != "auto":
+        return "forced"
+    if choice.item is not None and choice.item.priority == "emergency":
+        return "emergency"
+    return "schedule"
 
 
 def _media_of(manifest: Manifest | None, item: Item) -> object:

@@ -4,13 +4,15 @@
   python -m refsource publish --content ./bulletin --site ./site --device vinhthuan-ubnd-01 --key province-key.json \
       [--group angiang]
   python -m refsource serve --site ./site --port 8080 [--token T]
+  python -m refsource report --site ./site [--from DATE] [--to DATE] [--format html|csv|json] [--out FILE]
 
 `publish` reads `<content>/manifest.json`, whose media entries name files in the folder by `url`
 (`sha256`, `size` and `type` may be left out: they are filled in), copies each file into
 `<site>/media/<sha256>.<ext>` (one store for every board), points the urls there, sets the serial
 to one more than the site's last for that device (or `--serial`), sets `audience` to the device
 (and `group:<name>` for each `--group`) unless the folder's manifest names its own, signs with the
-key, and writes `<site>/devices/<device>/manifest`.
+key, and writes `<site>/devices/<device>/manifest`. `serve` keeps what boards upload in the site
+(refsource/uploads.py); `report` is the province's table over them (refsource/report.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.envelope import MANIFEST_PAYLOAD_TYPE, keyid_of, open_envelope, sign_envelope
 from agent.limits import MAX_MANIFEST_BYTES
+from refsource import uploads
 from refsource.boards import BoardKeys
 from refsource.release import build_release, release_reference
 from refsource.server import ReferenceServer, SourceState
@@ -106,6 +109,17 @@ def load_site(site: Path, state: SourceState) -> None:
     for file in releases.rglob("*") if releases.is_dir() else []:
         if file.is_file():
             state.media[f"{state.base_path.rstrip('/')}/releases/{file.relative_to(releases).as_posix()}"] = file
+    state.site = site  # uploads are kept in the site (and records already there are not taken twice)
+    for folder in uploads.devices(site):
+        for record in uploads.read_records(folder):
+            state.playlogs.setdefault(str(record.get("id")), record)
+
+
+def _date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, found {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--registry", type=Path, metavar="FILE",
                    help="board keys, {device id: base64 key}: read at start, new boards added (conflicts are "
                         "logged and appended to FILE's .conflicts.jsonl)")
+    r = commands.add_parser("report", help="the province's report over every board that uploaded to a site")
+    r.add_argument("--site", type=Path, required=True)
+    r.add_argument("--from", dest="date_from", type=_date, metavar="DATE", help="first day, YYYY-MM-DD (local)")
+    r.add_argument("--to", dest="date_to", type=_date, metavar="DATE", help="last day, YYYY-MM-DD (local)")
+    r.add_argument("--format", choices=["html", "csv", "json"], default="csv")
+    r.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of standard output")
+    r.add_argument("--silent-hours", type=float, default=48.0,
+                   help="a board not heard from this long before the period's end went silent (default 48)")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        from refsource.report import build, format_province
+
+        text = format_province(build(args.site, args.date_from, args.date_to, now=dt.datetime.now(dt.UTC),
+                                     silent_hours=args.silent_hours), args.format)
+        if args.out is None:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        else:
+            args.out.write_text(text, encoding="utf-8")
+            print(f"{args.out}: {args.format} report over the boards in {args.site}", file=sys.stderr)
+        return 0
     if args.command == "keygen":
         key = keygen(args.out)
         print(f"{args.out}: keyid {key['keyid']}\nput on the boards (security.manifest_keys): {key['public_key_b64']}")

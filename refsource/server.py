@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from refsource import uploads
 from refsource.boards import BoardKeys
 
 RANGE_PATTERN = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -87,6 +88,7 @@ class SourceState:
     faults: Faults = field(default_factory=Faults)
     wire: Wire = field(default_factory=Wire)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    site: Path | None = None  # when set, playlogs and heartbeats are kept there too (refsource/uploads.py)
 
 
 def strong_etag(body: bytes) -> str:
@@ -313,9 +315,15 @@ class Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             if kind == "heartbeat":
                 self.state.heartbeats.append(document)
+                if self.state.site is not None:
+                    uploads.save_heartbeat(self.state.site, device, document)
             else:
-                for record in document.get("records", []):
-                    self.state.playlogs.setdefault(str(record.get("id")), record)
+                new = [r for r in document.get("records", []) if isinstance(r, dict)
+                       and str(r.get("id")) not in self.state.playlogs]
+                for record in new:
+                    self.state.playlogs[str(record.get("id"))] = record
+                if self.state.site is not None:
+                    uploads.append_records(self.state.site, device, new)  # before the 2xx: acknowledged means kept
                 self.state.playlog_batches += 1
         self._send(HTTPStatus.NO_CONTENT)
 

@@ -21,13 +21,35 @@ PACKAGES=(python3 python3-venv fonts-dejavu-core libgbm1 libdrm2 libegl1 libgles
 
 usage() { sed -n '2,8p' "$0"; exit "${1:-0}"; }
 
+# Messages in Vietnamese when the locale is vi_VN (the agent's own catalogue, agent/locale, read
+# with Python's gettext: the C library would need the vi_VN locale generated); English otherwise.
+LOCALE_VI=0
+case "${LC_ALL:-${LC_MESSAGES:-${LANG:-}}}" in vi | vi_* | vi.*) LOCALE_VI=1 ;; esac
+msg() {
+    if [ "$LOCALE_VI" -eq 1 ] && command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import gettext, sys
+print(gettext.translation("bangtin-agent", sys.argv[2], ["vi"], fallback=True).gettext(sys.argv[1]), end="")' \
+            "$1" "$SRC/agent/locale"
+    else
+        printf '%s' "$1"
+    fi
+}
+# say FORMAT [ARG...]: a translated printf format (the arguments are not translated).
+say() {
+    local format
+    format=$(msg "$1")
+    shift
+    # shellcheck disable=SC2059  # the format is ours, from the catalogue
+    printf "$format\n" "$@"
+}
+
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --token-file) TOKEN_SOURCE=${2:?--token-file needs a file}; shift ;;
         --no-cec) WITH_CEC=0 ;;
         -h|--help) usage 0 ;;
-        *) echo "install.sh: unknown option $1" >&2; usage 2 ;;
+        *) say "install.sh: unknown option %s" "$1" >&2; usage 2 ;;
     esac
     shift
 done
@@ -75,11 +97,11 @@ keep_wheels() {
 }
 
 if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: run as root (sudo), or with --dry-run to see what it would do" >&2
+    say "install.sh: run as root (sudo), or with --dry-run to see what it would do" >&2
     exit 1
 fi
 
-echo "== system packages"
+say "== system packages"
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -88,12 +110,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     run apt-get update -qq
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 else
-    echo "  all present: ${PACKAGES[*]}"
+    say "  all present: %s" "${PACKAGES[*]}"
 fi
 
-echo "== service user"
+say "== service user"
 if id "$SERVICE_USER" >/dev/null 2>&1; then
-    echo "  $SERVICE_USER exists"
+    say "  %s exists" "$SERVICE_USER"
 else
     run useradd --system --home-dir /var/lib/bangtin --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
 fi
@@ -101,11 +123,11 @@ for group in video render; do
     if getent group "$group" >/dev/null; then
         run usermod -a -G "$group" "$SERVICE_USER"
     else
-        echo "  no group $group on this system (skipped)"
+        say "  no group %s on this system (skipped)" "$group"
     fi
 done
 
-echo "== application in $PREFIX"
+say "== application in %s" "$PREFIX"
 run install -d -m 0755 "$PREFIX"
 run rm -rf "$PREFIX/src.new"
 run install -d -m 0755 "$PREFIX/src.new"
@@ -140,32 +162,30 @@ run install -m 0755 "$PREFIX/src/launcher/bangtin_launch.py" "$PREFIX/launcher/b
 run install -m 0755 "$PREFIX/src/launcher/bangtin-agent" "$PREFIX/launcher/bangtin-agent"
 run ln -sfn "$PREFIX/launcher/bangtin-agent" /usr/local/bin/bangtin-agent
 
-echo "== configuration in $ETC"
+say "== configuration in %s" "$ETC"
 run install -d -m 0750 -o root -g "$SERVICE_USER" "$ETC"
 if [ -e "$ETC/agent.yaml" ]; then
-    echo "  $ETC/agent.yaml exists: kept as it is"
+    say "  %s exists: kept as it is" "$ETC/agent.yaml"
 else
     run install -m 0640 -o root -g "$SERVICE_USER" "$SRC/config/agent.example.yaml" "$ETC/agent.yaml"
 fi
 if [ -n "$TOKEN_SOURCE" ]; then
     if [ -e "$ETC/token" ]; then
-        echo "  $ETC/token exists: kept as it is"
+        say "  %s exists: kept as it is" "$ETC/token"
     else
         run install -m 0600 -o "$SERVICE_USER" -g "$SERVICE_USER" "$TOKEN_SOURCE" "$ETC/token"
     fi
 fi
 
-echo "== systemd unit"
+say "== systemd unit"
 run install -m 0644 "$SRC/systemd/bangtin-agent.service" "$UNIT"
 run systemctl daemon-reload
 run systemctl enable bangtin-agent.service
 
-cat <<TXT
-
-Installed. Next:
-  1. edit $ETC/agent.yaml (device.id, source.url, security.manifest_keys; token_file: $ETC/token)
-  2. check it:  sudo bangtin-agent check-config --config $ETC/agent.yaml
-  3. start it:  sudo systemctl restart bangtin-agent && journalctl -u bangtin-agent -f
-  4. ask it:    sudo bangtin-agent ctl --config $ETC/agent.yaml status
-Later edits to $ETC/agent.yaml apply by themselves (no restart needed).
-TXT
+echo
+say "Installed. Next:"
+say "  1. edit %s (device.id, source.url, security.manifest_keys; token_file: %s)" "$ETC/agent.yaml" "$ETC/token"
+say "  2. check it:  %s" "sudo bangtin-agent check-config --config $ETC/agent.yaml"
+say "  3. start it:  %s" "sudo systemctl restart bangtin-agent && journalctl -u bangtin-agent -f"
+say "  4. ask it:    %s" "sudo bangtin-agent ctl --config $ETC/agent.yaml status"
+say "Later edits to %s apply by themselves (no restart needed)." "$ETC/agent.yaml"

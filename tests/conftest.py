@@ -197,13 +197,21 @@ class RunningAgent:
         self._log.close()
         return code
 
-    def records(self) -> list[dict[str, Any]]:
-        """The proof-of-play records in the outbox, oldest first (read as a second process would)."""
+    def journal(self) -> list[dict[str, Any]]:
+        """Every row of the outbox, showings and events, oldest first (read as a second process would)."""
         db = sqlite3.connect(self.storage / "outbox.sqlite")
         try:
             return [json.loads(body) for (body,) in db.execute("SELECT body FROM records ORDER BY seq")]
         finally:
             db.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The proof-of-play records (showings), oldest first."""
+        return [record for record in self.journal() if record["type"] != "event"]
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The journal's events (agent/events.py), oldest first; only those called `name` when given."""
+        return [r for r in self.journal() if r["type"] == "event" and (name is None or r["item"] == name)]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -183,8 +184,17 @@ def test_demo_plays_its_signed_sample_under_the_dummy_driver(tmp_path: Path) -> 
         wait_for(lambda: (demo_dir / "control.sock").exists() and demo.status()["current_item"], timeout=30,
                  what="the demo's first item on screen")
         status = demo.status()
-        assert status["errors"] == [] and status["current_item"] in {"i1", "i2", "i3", "i4"}
+        assert status["errors"] == [] and status["current_item"] in {"i1", "i2", "i3", "i4", "i5"}
         assert status["cache"]["media_missing"] == 0
+        envelope = json.loads((demo_dir / "content" / "manifest.json").read_text())
+        items = json.loads(base64.b64decode(envelope["payload"]))["items"]
+        assert {item["type"] for item in items} == {"image", "text", "video"}  # every content type
+        assert any(item["priority"] == "high" and item["when"]["times"] for item in items if "priority" in item)
+        import av
+
+        with av.open(str(demo_dir / "content" / "media" / "phong-chong-thien-tai.mp4")) as video:  # a real H.264 file
+            stream = video.streams.video[0]
+            assert stream.codec_context.name == "h264" and next(video.decode(stream)).width == 640
         shot = demo.screenshot()
         assert shot.get_size() == (1280, 720)
         assert near(shot.get_at((2, 716)), (0xFF, 0xD2, 0x00))  # ticker band, below its glyphs

@@ -44,10 +44,12 @@ def test_sigkill_loop_loses_no_record(tmp_path: Path, private_key: Ed25519Privat
         config_path.write_text(yaml.safe_dump(config))
         rng = random.Random(2026)
         runs = 8
+        ends = []
         for run in range(runs):
             agent = agent_factory(config_path).start()
             wait_for(lambda: agent.status()["current_item"], timeout=20, what="an item on screen")  # noqa: B023
             time.sleep(rng.uniform(0.3, 2.5))  # the random moment of the power cut, not a synchronisation
+            ends.append("clean" if run % 3 == 2 else "crash")
             if run % 3 == 2:
                 assert agent.stop(signal.SIGTERM) == 0
             else:
@@ -76,7 +78,13 @@ def test_sigkill_loop_loses_no_record(tmp_path: Path, private_key: Ed25519Privat
         assert all(dt.datetime.fromisoformat(r["started_at"]) >= final_started - dt.timedelta(seconds=1)
                    for r in pending), pending
 
-        records = sorted((json.loads(body) for _, body in journal.values()), key=lambda r: r["started_at"])
+        rows = sorted((json.loads(body) for _, body in journal.values()), key=lambda r: r["started_at"])
+        # Each start says how the run before it ended: SIGKILL in the same boot reads as a crash.
+        starts = [r["details"]["previous_stop"] for r in rows if r["type"] == "event" and r["item"] == "agent_start"]
+        assert starts == ["first", *ends], starts
+        stops = [r["details"]["clean"] for r in rows if r["type"] == "event" and r["item"] == "agent_stop"]
+        assert stops == [True] * (ends.count("clean") + 1)  # only SIGTERMs (and the final stop) wrote one
+        records = [r for r in rows if r["type"] != "event"]
         assert len(records) >= runs  # every run showed at least one item to its end or was cut by the kill
         # Showings within one run follow each other without gaps; a lost record would open one.
         # So the number of gaps can be at most the number of process boundaries.

@@ -56,6 +56,11 @@ def outbox(tmp_path: Path):
     box.close()
 
 
+def showings(box: Outbox, limit: int) -> list[dict[str, Any]]:
+    """The oldest pending showings (the journal's events left out)."""
+    return [r for r in box.oldest(limit * 10) if r["type"] != "event"][:limit]
+
+
 def run(player: Player, seconds: float, step: float = 0.5, start: float = 0.0) -> list[str | None]:
     """Advance the player through `seconds`, returning the item shown at each step."""
     shown = []
@@ -71,7 +76,7 @@ def test_items_play_for_their_duration_in_rotation_with_one_record_each(outbox: 
     player = Player(FakeContent(manifest(items=[text("a", 10), text("b", 5)])), outbox, Problems())
     shown = run(player, 29.5)
     assert shown == ["a"] * 20 + ["b"] * 10 + ["a"] * 20 + ["b"] * 10  # 0 s to 29.5 s in half seconds
-    records = outbox.oldest(10)
+    records = showings(outbox, 10)
     assert [(r["item"], r["duration_ms"], r["completed"], r["reason"]) for r in records] == [
         ("a", 10000, True, None), ("b", 5000, True, None), ("a", 10000, True, None)]
     first = records[0]
@@ -89,7 +94,7 @@ def test_alert_preempts_at_once_and_is_logged(outbox: Outbox) -> None:
     run(player, 3)
     player.add_alert(Alert("c-1", "CẢNH BÁO", "Bão số 3", until=T0 + dt.timedelta(seconds=8)))
     assert run(player, 4.5, start=3.5) == ["c-1"] * 9 + ["a"]  # 3.5 s … 8 s: the alert ends at 8 s
-    records = outbox.oldest(10)
+    records = showings(outbox, 10)
     assert [(r["item"], r["type"], r["completed"], r["reason"]) for r in records] == [
         ("a", "text", False, "preempted"), ("c-1", "alert", True, None)]
     assert records[1]["priority"] == "emergency" and records[1]["title"] == "CẢNH BÁO"
@@ -101,7 +106,7 @@ def test_clear_alert_ends_it(outbox: Outbox) -> None:
     assert run(player, 1) == ["c-2"] * 3
     assert player.clear_alerts(None, T0 + dt.timedelta(seconds=2), 2.0) == 1
     assert player.update(T0 + dt.timedelta(seconds=2), 2.0).mode == "splash"
-    assert outbox.oldest(5)[0]["duration_ms"] == 2000
+    assert showings(outbox, 5)[0]["duration_ms"] == 2000
 
 
 def test_emergency_item_interrupts_within_the_update_that_sees_it(outbox: Outbox) -> None:
@@ -111,7 +116,7 @@ def test_emergency_item_interrupts_within_the_update_that_sees_it(outbox: Outbox
     content.manifest = manifest(2, items=[text("a", 10), text("e", 10, priority="emergency")])
     assert player.update(T0 + dt.timedelta(seconds=2.5), 2.5).item.id == "e"
     # "a" is unchanged in serial 2, so it is cut for the emergency, not for the manifest change.
-    assert [(r["item"], r["reason"]) for r in outbox.oldest(5)] == [("a", "preempted")]
+    assert [(r["item"], r["reason"]) for r in showings(outbox, 5)] == [("a", "preempted")]
 
 
 def test_high_item_waits_for_the_boundary_and_changed_item_leaves_at_once(outbox: Outbox) -> None:
@@ -126,7 +131,7 @@ def test_high_item_waits_for_the_boundary_and_changed_item_leaves_at_once(outbox
     content.manifest = manifest(3, items=[text("a", 10), text("h", 10, priority="high", body="Đã sửa")])
     scene = player.update(T0 + dt.timedelta(seconds=11), 11)
     assert scene.item.id == "h" and scene.item.body == "Đã sửa"
-    reasons = [(r["item"], r["reason"]) for r in outbox.oldest(10)]
+    reasons = [(r["item"], r["reason"]) for r in showings(outbox, 10)]
     assert reasons == [("a", None), ("h", "manifest_changed")]
 
 
@@ -136,7 +141,7 @@ def test_screen_off_window_ends_the_showing(outbox: Outbox) -> None:
     shown = run(player, 61, step=1)
     assert shown[59] == "a" and shown[60] is None
     assert player.update(T0 + dt.timedelta(seconds=62), 62).mode == "off"
-    assert outbox.oldest(5)[0]["reason"] == "screen_off"
+    assert showings(outbox, 5)[0]["reason"] == "screen_off"
     assert player.status()["screen_on"] is False
 
 
@@ -150,14 +155,14 @@ def test_failed_item_is_skipped_reported_and_retried_later(outbox: Outbox) -> No
     assert "item a failed to load: cannot decode image" in problems.current()
     # a does not come back in its turn while it waits out the retry delay
     assert set(run(player, 60, step=1, start=0.5)) == {"b"}
-    assert outbox.oldest(1)[0]["reason"] == "error"
+    assert showings(outbox, 1)[0]["reason"] == "error"
 
 
 def test_shutdown_closes_the_current_showing(outbox: Outbox) -> None:
     player = Player(FakeContent(manifest(items=[text("a", 10)])), outbox, Problems())
     run(player, 4)
     player.shutdown(T0 + dt.timedelta(seconds=4.2), 4.2)
-    record = outbox.oldest(1)[0]
+    record = showings(outbox, 1)[0]
     assert (record["reason"], record["completed"], record["duration_ms"]) == ("shutdown", False, 4200)
 
 
@@ -175,7 +180,7 @@ def test_records_survive_kill_9_right_after_add(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite")
     box.open()
     assert box.pending() == 50
-    assert [r["id"] for r in box.oldest(3)] == ["r0", "r1", "r2"]
+    assert [r["id"] for r in showings(box, 3)] == ["r0", "r1", "r2"]
     box.mark_uploaded([seq for seq, _ in box.pending_batch(2)])
     assert box.pending() == 48
     box.close()
@@ -200,7 +205,7 @@ def test_a_full_disk_keeps_records_in_memory_and_playback_going(tmp_path: Path) 
     with sqlite3.connect(tmp_path / "o.sqlite") as db:  # every record on disk now, none left in memory
         assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == box.pending() >= 56
     assert not any("cannot write" in e for e in problems.current())
-    ids = [r["id"] for r in box.oldest(1000)]
+    ids = [r["id"] for r in box.oldest(1000)]  # showings and events alike
     assert len(ids) == len(set(ids)) == box.pending()
     box.close()
 
@@ -217,5 +222,5 @@ def test_a_showing_counts_from_its_first_frame_and_status_says_what_is_on_screen
     assert player.status()["current_item"] == "b"
     assert player.update(T0 + dt.timedelta(seconds=20), 20.0).item.id == "b"  # its 10 s began at 11.5
     assert player.update(T0 + dt.timedelta(seconds=21.5), 21.5).item.id == "a"
-    b = next(r for r in outbox.oldest(10) if r["item"] == "b")
+    b = next(r for r in showings(outbox, 10) if r["item"] == "b")
     assert b["started_at"] == "2026-11-26T09:00:11.500+07:00" and b["duration_ms"] == 10000 and b["completed"]

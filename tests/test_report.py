@@ -182,7 +182,9 @@ def test_report_command_formats(tmp_path) -> None:
         {"item": "bao", "title": "Tiêu đề bao", "type": "text", "count": 1, "completed": 0, "interrupted": 1,
          "total_s": 15.0, "first_shown": "2026-11-26T08:00:10.000+07:00", "last_shown": "2026-11-26T08:00:10.000+07:00"}]
     csv_lines = run("--format", "csv").splitlines()
-    assert csv_lines[0] == "item,title,type,count,completed,interrupted,total_s,first_shown,last_shown"
+    # The JSON's keys, in AGENT.md's order, then the priority class (added at the end: readers by position still work).
+    assert csv_lines[0] == "item,title,type,count,completed,interrupted,total_s,first_shown,last_shown,priority"
+    assert csv_lines[1].endswith(",normal")
     assert csv_lines[1].startswith("lich,Tiêu đề lich,text,7,7,0,70.0,")
     table = run()
     assert "Tiêu đề lich" in table and "shown" in table

@@ -68,7 +68,7 @@ def test_unit_file_exposure_is_ok_for_systemd_analyze_security() -> None:
 
 
 @pytest.mark.parametrize("script", ["scripts/install.sh", "scripts/uninstall.sh", "scripts/bootstrap.sh", "scripts/test",
-                                    "scripts/demo", "launcher/bangtin-agent"])
+                                    "scripts/demo", "scripts/catalogue", "launcher/bangtin-agent"])
 def test_scripts_parse_and_pass_shellcheck(script: str) -> None:
     path = ROOT / script
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0

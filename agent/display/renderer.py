@@ -30,6 +30,7 @@ from agent.display.text import FontBook
 from agent.display.ticker import Ticker
 from agent.display.video import VideoBackend, VideoError, slow_report
 from agent.display.videozone import VideoZone
+from agent.i18n import N_, translations
 from agent.limits import clip
 from agent.manifest import DEFAULT_TIMEZONE
 from agent.models import Item, Layout, Manifest, MediaSource, Scene
@@ -48,6 +49,7 @@ class DisplaySettings:
     crossfade_ms: int
     splash_title: str
     device_id: str
+    language: str = "en"  # of the splash's footer, for the technician (agent/i18n.py)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Renderer:
     def __init__(self, settings: DisplaySettings, media: MediaSource, video: VideoBackend,
                  wake: Callable[[], None] = lambda: None, fonts: FontBook | None = None) -> None:
         self.settings = settings
+        self._words = translations(settings.language)  # the catalogue is read here, never on the display loop
         self._media = media
         self._wake = wake
         self._videos = VideoZone(video, media, wake)
@@ -350,7 +353,7 @@ class Renderer:
         else:
             self._fade_from = None
             self._contained("splash", lambda: self._set_clock(painters.draw_splash(
-                canvas, self._fonts, layout, local, main, f"bangtin-agent · {self.settings.device_id}")),
+                canvas, self._fonts, layout, local, main, self._splash_footer(scene))),
                 lambda: canvas.fill(layout.theme.background, main))
         clock_before = self._clock
         self._contained("header", lambda: self._set_clock(self._header(scene.manifest, layout, header, local)),
@@ -360,6 +363,11 @@ class Renderer:
         if ticker.height:
             canvas.fill(layout.theme.accent, ticker)
             self._ticker.reset_position(mono)  # the strip starts again on the fresh band
+
+    def _splash_footer(self, scene: Scene) -> str:
+        """Who the board is and why it shows its own screen, for a technician passing by."""
+        why = N_("waiting for content from the source") if scene.manifest is None else N_("no item to show now")
+        return f"bangtin-agent · {self.settings.device_id} · {self._words.gettext(why)}"
 
     def _set_clock(self, box: painters.ClockBox | None) -> None:
         if box is not None:
