@@ -241,7 +241,7 @@ def format_status(status: dict[str, Any]) -> str:
             device=status.get("device") or _("(not enrolled)"), version=status.get("agent_version"),
             uptime=status.get("uptime_s"))),
         (_("board key"), identity.get("fingerprint") or identity.get("error") or "-"),
-        (_("source"), f"{status.get('source')}"),
+        (_("source"), f"{status.get('source') or '-'}"),
         (_("manifest"), _("serial {serial}, last sync {when}").format(
             serial=status.get("manifest_serial"), when=status.get("last_sync_ok_at") or _("never"))),
         (_("on screen"), (status.get("current_item") or _("(splash)"))

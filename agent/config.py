@@ -484,37 +484,53 @@ def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file and its drop-ins. Raises ConfigError listing every problem."""
+    return load_config_with(path)
+
+
+def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
+                     overlay: Mapping[str, Any] | None = None, overlay_origin: Path | None = None) -> Config:
+    """The config as it would be with the drop-in named `replacing` holding `overlay` (a
+    provisioning bundle is checked this way before anything is written); messages about the
+    overlay's keys name `overlay_origin`."""
     file_path = Path(path)
     data, lines = _read_yaml_file(file_path)
     origins: Origins = {key: (file_path, line) for key, line in lines.items()}
     dropins = dropin_files(file_path)
+    if replacing is not None:
+        dropins = sorted({*(p for p in dropins if p.name != replacing), dropin_dir(file_path) / replacing})
     problems = []
     for dropin in dropins:
+        if replacing is not None and dropin.name == replacing:
+            data = _merge(data, overlay or {})
+            origins.update({key: (overlay_origin or dropin, 0) for key in _key_paths_in(overlay or {})})
+            continue
         mode = dropin.stat().st_mode
         if mode & 0o022:
             problems.append(_("{path}: others may change this config drop-in (mode {mode}; chmod go-w {path})").format(
                 path=dropin, mode=f"{stat.S_IMODE(mode):04o}"))
             continue
-        overlay, overlay_lines = _read_yaml_file(dropin)
-        data = _merge(data, overlay)
-        origins.update({key: (dropin, line) for key, line in overlay_lines.items()})
+        layer, layer_lines = _read_yaml_file(dropin)
+        data = _merge(data, layer)
+        origins.update({key: (dropin, line) for key, line in layer_lines.items()})
     if problems:
         raise ConfigError(problems)
     config = config_from_mapping(data, file_path, origins)
     return dataclasses.replace(config, dropins=tuple(str(p) for p in dropins))
 
 
+def _key_paths_in(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every key path in a parsed mapping, sections included (`source`, `source.url`)."""
+    found = []
+    for key, value in data.items():
+        key_path = f"{prefix}{key}"
+        found.append(key_path)
+        if isinstance(value, dict):
+            found.extend(_key_paths_in(value, key_path + "."))
+    return found
+
+
 def _explicit_keys(data: Mapping[str, Any]) -> frozenset[str]:
-    def walk(node: Mapping[str, Any], prefix: str) -> list[str]:
-        found = []
-        for key, value in node.items():
-            key_path = f"{prefix}{key}"
-            if isinstance(value, dict):
-                found.extend(walk(value, key_path + "."))
-            else:
-                found.append(key_path)
-        return found
-    return frozenset(walk(data, "")) & frozenset(_all_key_paths(leaves_only=True))
+    return frozenset(_key_paths_in(data)) & frozenset(_all_key_paths(leaves_only=True))
 
 
 def config_from_mapping(data: Mapping[str, Any], file_path: Path,
@@ -531,7 +547,9 @@ def config_from_mapping(data: Mapping[str, Any], file_path: Path,
         while origin is None and "." in parent:
             parent = parent.rsplit(".", 1)[0]
             origin = origin_of.get(parent)
-        return f"{origin[0]}:{origin[1]}" if origin else str(file_path)
+        if origin is None:
+            return str(file_path)
+        return f"{origin[0]}:{origin[1]}" if origin[1] else str(origin[0])  # line 0: not from a file's text
 
     def report(key_path: str, message: str) -> None:
         problems.append(f"{where(key_path)}: {key_path}: {message}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from agent.config import Config, ConfigError, config_value, leaf_keys, load_config
+from agent.config import Config, ConfigError, config_value, dropin_dir, leaf_keys, load_config
 from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,24 @@ def changed_keys(old: Config, new: Config) -> set[str]:
 
 
 class _Touched(FileSystemEventHandler):
-    def __init__(self, name: str, wake: threading.Event) -> None:
-        self._name = name
+    """Wakes on the config file, or on any `*.yaml` in its drop-in folder (agent.d)."""
+
+    def __init__(self, config_path: Path, wake: threading.Event, dropins_made: Callable[[], None]) -> None:
+        self._name = config_path.name
+        self._dropins = dropin_dir(config_path)
         self._wake = wake
+        self._dropins_made = dropins_made
+
+    def _ours(self, path: Path) -> bool:
+        if path.parent == self._dropins:
+            return path.suffix == ".yaml" or path == self._dropins
+        return path.name == self._name or path == self._dropins
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        if any(Path(str(p)).name == self._name for p in paths if p) and event.event_type not in ("opened", "closed_no_write"):
+        paths = [Path(str(p)) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        if any(self._ours(p) for p in paths) and event.event_type not in ("opened", "closed_no_write"):
+            if self._dropins in paths and event.event_type in ("created", "moved"):
+                self._dropins_made()
             self._wake.set()
 
 
@@ -94,13 +105,28 @@ class ConfigWatcher:
         self._stop = stop
         self._wake = threading.Event()
         self._observer: Any = None
+        self._dropins_watched = False
+        self._watch_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._observer = start_watching(self._path.parent, _Touched(self._path.name, self._wake), "config-watch",
-                                        recursive=False)
+        handler = _Touched(self._path, self._wake, lambda: self._watch_dropins(handler))
+        self._observer = start_watching(self._path.parent, handler, "config-watch", recursive=False)
+        self._watch_dropins(handler)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+
+    def _watch_dropins(self, handler: FileSystemEventHandler) -> None:
+        """agent.d is watched too, from the start or once it is made (the first provisioning bundle)."""
+        dropins = dropin_dir(self._path)
+        with self._watch_lock:  # from start() and from the observer's thread
+            if self._dropins_watched or not dropins.is_dir():
+                return
+            self._dropins_watched = True
+        try:
+            self._observer.schedule(handler, str(dropins), recursive=False)
+        except OSError as exc:
+            log.warning("cannot watch %s (%s): edits there apply at the next start", dropins, exc.strerror or exc)
 
     def stop(self) -> None:
         self._wake.set()

@@ -40,6 +40,7 @@ from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
+from agent.enrolment import EnrolmentCard, EnrolmentScreen, NoSource, qr_text, waiting_lines
 from agent.envelope import load_trusted_keys
 from agent.events import RunEvents, manifest_changed, stop_reason
 from agent.health import Problems
@@ -52,6 +53,7 @@ from agent.models import Alert, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
+from agent.provision import DROP_FOLDER, NOTICE_S, Provisioner
 from agent.service import Services
 from agent.startguard import StartGuard
 from agent.status import StatusBuilder, StatusParts
@@ -100,13 +102,15 @@ class Board:
     renderer: Renderer
     loop: DisplayLoop
     client: HttpClient | None
-    source: FileSource | HttpSource
+    source: FileSource | HttpSource | NoSource
     reporter: Reporter | None
     mqtt: MqttSlot
     power: ScreenPower
     control: ControlServer
     config_watcher: ConfigWatcher | None
     updater: Updater
+    enrolment: EnrolmentScreen
+    provisioner: Provisioner | None
     status: StatusBuilder
 
 
@@ -172,8 +176,10 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
     client: HttpClient | None = None
     reporter: Reporter | None = None
     url = urlsplit(config.source.url)
-    source: FileSource | HttpSource
-    if url.scheme == "file":
+    source: FileSource | HttpSource | NoSource
+    if not config.enrolled:
+        source = NoSource(config.missing_for_enrolment())  # the enrolment screen waits for a bundle
+    elif url.scheme == "file":
         source = FileSource(Path(unquote(url.path)), content, store, problems, stop, on_change,
                             cache_limit_bytes=cache_limit, on_screen=on_screen, prepare=prepare)
     else:
@@ -226,6 +232,14 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
             today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng)
     control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
+    provision_keys = load_trusted_keys(config.security.provision_keys)
+    enrolment = EnrolmentScreen(loop.post, renderer.set_enrolment, renderer.set_notice, problems,
+                                None if config.enrolled else _enrolment_card(config, board_key, bool(provision_keys)),
+                                NOTICE_S)
+    provisioner = Provisioner(
+        Path(config.path), storage / DROP_FOLDER, provision_keys, board_key.public_b64 if board_key else None, stop,
+        applied_restart=lambda bundle: _restart_in_place(lifecycle, inbox), refused=enrolment.refused, now=clock.now,
+        every_scan=enrolment.refresh) if config.path else None
     status = StatusBuilder(StatusParts(
         device_id=config.device.id, source_url=config.source.url, storage_dir=storage, cache_limit_bytes=cache_limit,
         started_mono=started, now=clock.now, clock_offset=lambda: clock.offset_s,
@@ -234,7 +248,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
         records_summarised=outbox.summarised, errors=problems.current, source=source, reporter=reporter,
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
-        identity=_identity_status(identity),
+        identity=_identity_status(identity), provision=provisioner,
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
     config_watcher = ConfigWatcher(
@@ -243,7 +257,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
         lambda found: _config_refused(problems, found), stop) if config.path else None
     return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
                  command_log, player, renderer, loop, client, source, reporter, mqtt, power, control, config_watcher,
-                 updater, status)
+                 updater, enrolment, provisioner, status)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -271,7 +285,8 @@ def run_board(board: Board) -> int:
                       "and give the user the video and render groups)", driver, exc)
             return EXIT_FAIL
         run_events.started(board.clock.now())  # the journal's first row of this run, before the screen's first event
-        # A first frame before anything slow: the splash, never a dark screen.
+        # A first frame before anything slow: the splash (or the enrolment screen), never a dark screen.
+        board.renderer.set_enrolment(board.enrolment.first_card())
         board.loop.safe_step()
         board.notifier.ready("splash on screen, loading content")
         for warning in config_warnings(config):
@@ -283,7 +298,7 @@ def run_board(board: Board) -> int:
         manifest = board.content.current()
         board.updater.offer(manifest.release if manifest is not None else None)
         for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher,
-                     board.updater):
+                     board.updater, board.provisioner):
             if part is not None:
                 services.start(part)
         board.loop.run(lifecycle.stop)
@@ -316,7 +331,8 @@ def run(config: Config) -> int:
     if problem:
         log.error("storage.dir: %s", problem)
         return EXIT_CONFIG
-    log.info("bangtin-agent %s starting as %s (pid %d)", __version__, config.device.id, os.getpid())
+    log.info("bangtin-agent %s starting as %s (pid %d)", __version__, config.device.id or "a board not enrolled",
+             os.getpid())
     identity: Identity | IdentityError
     try:
         identity = load_identity(Path(config.storage.dir))
@@ -363,6 +379,14 @@ def _verify_cache(content: Content, clock: Clock, loop: DisplayLoop, set_aside: 
         content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
         loop.wake()
     return set_aside
+
+
+def _enrolment_card(config: Config, identity: Identity | None, can_be_provisioned: bool) -> EnrolmentCard:
+    fingerprint = identity.fingerprint if identity is not None else ""
+    return EnrolmentCard(fingerprint=fingerprint,
+                         qr_text=qr_text(fingerprint, identity.public_b64) if identity is not None else "",
+                         addresses=(), waiting_for=waiting_lines(config.missing_for_enrolment(), can_be_provisioned,
+                                                                 Path(config.storage.dir) / DROP_FOLDER, config.path))
 
 
 def _identity_status(identity: Identity | IdentityError | None) -> dict[str, Any]:
@@ -466,7 +490,7 @@ def _file_problem(problems: Problems, path: Path, exc: OSError | None) -> None:
         problems.report(key, f"{path} not saved ({exc.strerror or exc}); it is kept in memory only")
 
 
-def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpSource, reporter: Reporter | None,
+def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpSource | NoSource, reporter: Reporter | None,
                   outbox: Outbox, loop: DisplayLoop, renderer: Renderer, power: ScreenPower,
                   mqtt: MqttSlot) -> LiveTargets:
     def poll_interval(seconds: int) -> None:
@@ -491,8 +515,7 @@ def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpS
         power.set_commands(resolve_command(on, CEC_ON), resolve_command(off, CEC_OFF))
 
     def restart_in_place(keys: set[str]) -> None:
-        lifecycle.exec_restart = True
-        _request_stop(lifecycle, inbox)
+        _restart_in_place(lifecycle, inbox)
 
     return LiveTargets(poll_interval, report, outbox_limits, display, power_commands,
                        lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place)
@@ -510,6 +533,11 @@ def _config_refused(problems: Problems, found: list[str]) -> None:
 def _request_stop(lifecycle: Lifecycle, inbox: Inbox) -> None:
     lifecycle.stop.set()
     inbox.wake()
+
+
+def _restart_in_place(lifecycle: Lifecycle, inbox: Inbox) -> None:
+    lifecycle.exec_restart = True
+    _request_stop(lifecycle, inbox)
 
 
 def _request_restart(lifecycle: Lifecycle, inbox: Inbox) -> None:

@@ -82,9 +82,11 @@ class Status:
     storage: Mapping[str, Any]
     update: Mapping[str, Any]
     identity: Mapping[str, Any]
+    provision: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.heartbeat.to_json(), "update": dict(self.update), "identity": dict(self.identity),
+                "provision": dict(self.provision) if self.provision is not None else None,
                 "screen_mode": self.screen_mode,
                 "source": self.source,
                 "sync": dict(self.sync), "report": dict(self.report) if self.report is not None else None,
@@ -126,6 +128,7 @@ class StatusParts:
     readings: Callable[[], Mapping[str, Any]]
     update: Callable[[], Mapping[str, Any]]
     identity: Mapping[str, Any]  # {"fingerprint", "public_key"} or {"error"}: fixed for the run
+    provision: Health | None = None
 
 
 class StatusBuilder:
@@ -178,6 +181,7 @@ class StatusBuilder:
             storage=parts.storage(),
             update=parts.update(),
             identity=parts.identity,
+            provision=parts.provision.health() if parts.provision is not None else None,
         )
 
 

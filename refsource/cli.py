@@ -5,6 +5,8 @@
       [--group angiang]
   python -m refsource serve --site ./site --port 8080 [--token T]
   python -m refsource report --site ./site [--from DATE] [--to DATE] [--format html|csv|json] [--out FILE]
+  python -m refsource provision --key provision-key.json --device vinhthuan-ubnd-01 --url https://… --token T \
+      [--manifest-key B64] [--board-key KEY-OR-QR-TEXT] [--out bangtin-provision-vinhthuan-ubnd-01.json]
 
 `publish` reads `<content>/manifest.json`, whose media entries name files in the folder by `url`
 (`sha256`, `size` and `type` may be left out: they are filled in), copies each file into
@@ -13,12 +15,14 @@ to one more than the site's last for that device (or `--serial`), sets `audience
 (and `group:<name>` for each `--group`) unless the folder's manifest names its own, signs with the
 key, and writes `<site>/devices/<device>/manifest`. `serve` keeps what boards upload in the site
 (refsource/uploads.py); `report` is the province's table over them (refsource/report.py).
+`provision` makes the signed bundle a technician drops on a board (docs/provisioning.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import json
@@ -27,9 +31,11 @@ import mimetypes
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -96,6 +102,46 @@ def publish(content: Path, site: Path, device: str, key: Path | None, serial: in
     return manifest
 
 
+def provision(key: Path, device: str, url: str, out: Path, *, token: str | None = None, groups: tuple[str, ...] = (),
+              manifest_keys: tuple[str, ...] = (), release_keys: tuple[str, ...] = (), mqtt: str | None = None,
+              board_key: str | None = None, serial: int | None = None,
+              settings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A provisioning bundle (PROTOCOL.md §12) for one board, signed with the province's
+    provisioning key. `board_key` (a base64 public key, or the text of the board's enrolment QR
+    code) binds it to that board; the serial defaults to the time in seconds, so each new bundle is
+    higher than the last without keeping state. `settings` are `key.path=value` (value in YAML)."""
+    from agent.enrolment import QR_PREFIX, public_key_from_qr
+    from agent.envelope import PROVISION_PAYLOAD_TYPE
+
+    config: dict[str, Any] = {"device": {"id": device, **({"groups": list(groups)} if groups else {})},
+                              "source": {"url": url, **({"token": token} if token else {})}}
+    if manifest_keys or release_keys:
+        config["security"] = {**({"manifest_keys": list(manifest_keys)} if manifest_keys else {}),
+                              **({"release_keys": list(release_keys)} if release_keys else {})}
+    if mqtt:
+        config["mqtt"] = {"url": mqtt}
+    for setting in settings:
+        path, sep, value = setting.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set {setting!r}: expected key.path=value")
+        *sections, name = path.split(".")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = yaml.safe_load(value)
+    if board_key is not None and board_key.startswith(QR_PREFIX):
+        board_key = public_key_from_qr(board_key)
+    if board_key is not None and len(base64.b64decode(board_key, validate=True)) != 32:
+        raise ValueError("--board-key: expected a base64 Ed25519 public key or the board's QR code text")
+    payload = {"schema": "bangtin.provision/1", "serial": serial if serial is not None else int(time.time()),
+               "board_key": board_key, "config": config}
+    envelope = sign_envelope(json.dumps(payload, ensure_ascii=False).encode("utf-8"), PROVISION_PAYLOAD_TYPE,
+                             load_private_key(key))
+    out.write_text(json.dumps(envelope))
+    out.chmod(0o600)  # it carries the device token
+    return payload
+
+
 def load_site(site: Path, state: SourceState) -> None:
     """Every device's manifest and every media file of a published site."""
     devices = site / "devices"
@@ -154,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--registry", type=Path, metavar="FILE",
                    help="board keys, {device id: base64 key}: read at start, new boards added (conflicts are "
                         "logged and appended to FILE's .conflicts.jsonl)")
+    v = commands.add_parser("provision", help="make a provisioning bundle for one board (PROTOCOL.md §12)")
+    v.add_argument("--key", type=Path, required=True, help="the provisioning signing key (keygen)")
+    v.add_argument("--device", required=True, help="device.id the board gets")
+    v.add_argument("--url", required=True, help="source.url the board gets")
+    v.add_argument("--token", default=os.environ.get("REFSOURCE_TOKEN"), help="the board's device token")
+    v.add_argument("--group", action="append", default=[], metavar="NAME", help="device.groups; repeatable")
+    v.add_argument("--manifest-key", action="append", default=[], metavar="B64",
+                   help="security.manifest_keys (the content key's public half); repeatable")
+    v.add_argument("--release-key", action="append", default=[], metavar="B64", help="security.release_keys")
+    v.add_argument("--mqtt", metavar="URL", help="mqtt.url")
+    v.add_argument("--board-key", metavar="KEY", help="bind to one board: its public key, or its enrolment QR text")
+    v.add_argument("--serial", type=int, help="default: the time in seconds (higher than any earlier bundle)")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key; repeatable")
+    v.add_argument("--out", type=Path, help="default: bangtin-provision-<device>.json (the name boards look for "
+                                             "on a USB stick)")
     r = commands.add_parser("report", help="the province's report over every board that uploaded to a site")
     r.add_argument("--site", type=Path, required=True)
     r.add_argument("--from", dest="date_from", type=_date, metavar="DATE", help="first day, YYYY-MM-DD (local)")
@@ -173,6 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             args.out.write_text(text, encoding="utf-8")
             print(f"{args.out}: {args.format} report over the boards in {args.site}", file=sys.stderr)
+        return 0
+    if args.command == "provision":
+        out = args.out or Path(f"bangtin-provision-{args.device}.json")
+        try:
+            payload = provision(args.key, args.device, args.url, out, token=args.token, groups=tuple(args.group),
+                                manifest_keys=tuple(args.manifest_key), release_keys=tuple(args.release_key),
+                                mqtt=args.mqtt, board_key=args.board_key, serial=args.serial, settings=tuple(args.set))
+        except (ValueError, binascii.Error) as exc:
+            print(f"refsource provision: {exc}", file=sys.stderr)
+            return 2
+        bound = f"bound to board key {payload['board_key']}" if payload["board_key"] else "for any board"
+        print(f"{out}: bundle serial {payload['serial']} for {args.device}, {bound}")
         return 0
     if args.command == "keygen":
         key = keygen(args.out)

@@ -11,8 +11,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pygame
+import segno
 
-from agent.display.text import FontBook, fit_block
+from agent.display.text import FontBook, clean, fit_block
+from agent.enrolment import EnrolmentCard
 from agent.models import Alert, Layout
 
 WEEKDAYS_VI = ("Thứ Hai", "Thứ Ba", "Thứ Tư", "Thứ Năm", "Thứ Sáu", "Thứ Bảy", "Chủ Nhật")
@@ -109,6 +111,80 @@ def draw_splash(canvas: pygame.Surface, fonts: FontBook, layout: Layout, local: 
     text = fonts.get(max(12, main.height // 30)).render(footer, True, layout.theme.foreground)
     canvas.blit(text, text.get_rect(midbottom=(main.centerx, main.bottom - 8)))
     return box
+
+
+def grouped_fingerprint(fingerprint: str) -> str:
+    """`0123 4567 89ab cdef`: read aloud over the phone, four at a time."""
+    return " ".join(fingerprint[i:i + 4] for i in range(0, len(fingerprint), 4))
+
+
+def draw_qr(canvas: pygame.Surface, text: str, rect: pygame.Rect) -> pygame.Rect:
+    """A QR code of `text` (segno), whole modules of at least 2 px with its 4-module quiet zone, as
+    large as fits `rect`, centred. Returns where it went."""
+    code = segno.make(text, error="m", micro=False)
+    rows = list(code.matrix_iter(border=4))
+    modules = len(rows)
+    module_px = max(2, min(rect.width, rect.height) // modules)
+    side = modules * module_px
+    area = pygame.Rect(0, 0, side, side)
+    area.center = rect.center
+    canvas.fill(WHITE, area)
+    for y, row in enumerate(rows):
+        for x, dark in enumerate(row):
+            if dark:
+                canvas.fill(BLACK, (area.x + x * module_px, area.y + y * module_px, module_px, module_px))
+    return area
+
+
+def _line(fonts: FontBook, text: str, width: int, size: int, colour: tuple[int, int, int],
+          bold: bool = False) -> pygame.Surface:
+    """One line of text at `size`, or smaller until it fits `width` (an address or a path can be long)."""
+    text = clean(text)
+    while size > 10 and fonts.get(size, bold).size(text)[0] > width:
+        size = int(size * 0.9)
+    return fonts.get(size, bold).render(text, True, colour)
+
+
+def draw_enrolment(canvas: pygame.Surface, fonts: FontBook, layout: Layout, card: EnrolmentCard,
+                   main: pygame.Rect) -> None:
+    """The enrolment screen (PROTOCOL.md §12): the board's code as text and QR, its addresses, what
+    it waits for and the last refusal. Side by side on a wide screen, stacked on a tall one. No clock
+    of its own: the header's ticks (a second one would be a frozen copy)."""
+    theme = layout.theme
+    canvas.fill(theme.background, main)
+    pad = max(8, min(main.size) // 30)
+    wide = main.width >= main.height
+    qr_side = min(main.height - 2 * pad, main.width // 2 - 2 * pad) if wide else min(main.width - 2 * pad,
+                                                                                      main.height // 2 - 2 * pad)
+    if wide:
+        qr_box = pygame.Rect(main.x + pad, main.y + pad, qr_side, main.height - 2 * pad)
+        text_box = pygame.Rect(qr_box.right + pad, main.y + pad, main.right - qr_box.right - 2 * pad, main.height - 2 * pad)
+    else:
+        qr_box = pygame.Rect(main.x + pad, main.y + pad, main.width - 2 * pad, qr_side)
+        text_box = pygame.Rect(main.x + pad, qr_box.bottom + pad, main.width - 2 * pad, main.bottom - qr_box.bottom - 2 * pad)
+    if card.qr_text:
+        draw_qr(canvas, card.qr_text, pygame.Rect(qr_box.x, qr_box.y, qr_box.width, min(qr_box.height, qr_side)))
+    unit = max(12, min(text_box.height // 16, text_box.width // 22))
+    lines: list[pygame.Surface] = [
+        _line(fonts, "BẢNG TIN CHƯA ĐƯỢC THIẾT LẬP", text_box.width, int(unit * 1.4), theme.accent, bold=True),
+        _line(fonts, "Mã bảng tin (khóa nhận dạng):", text_box.width, unit, theme.foreground),
+        _line(fonts, grouped_fingerprint(card.fingerprint) or "không có khóa", text_box.width, int(unit * 1.6),
+              theme.foreground, bold=True),
+        _line(fonts, "Địa chỉ mạng:", text_box.width, unit, theme.foreground),
+        *[_line(fonts, address, text_box.width, unit, theme.foreground) for address in card.addresses or ("chưa có mạng",)],
+        *[_line(fonts, line, text_box.width, int(unit * 0.8), theme.foreground) for line in card.waiting_for],
+    ]
+    y = text_box.y
+    for surface in lines:
+        canvas.blit(surface, (text_box.x, y))
+        y += surface.get_height() + unit // 3
+    if card.refusal:
+        band_h = int(unit * 1.2) * 2 + pad
+        band = pygame.Rect(text_box.x, y + unit // 2, text_box.width, band_h)
+        canvas.fill(ALERT_RED, band)
+        refusal = fit_block(fonts, card.refusal, (band.width - pad, band.height - pad // 2), ALERT_YELLOW, bold=True,
+                            max_size=unit)
+        canvas.blit(refusal, refusal.get_rect(center=band.center))
 
 
 def draw_alert(canvas: pygame.Surface, fonts: FontBook, alert: Alert, local: dt.datetime) -> ClockBox:

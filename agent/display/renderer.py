@@ -30,6 +30,7 @@ from agent.display.text import FontBook
 from agent.display.ticker import Ticker
 from agent.display.video import VideoBackend, VideoError, slow_report
 from agent.display.videozone import VideoZone
+from agent.enrolment import EnrolmentCard
 from agent.i18n import N_, translations
 from agent.limits import clip
 from agent.manifest import DEFAULT_TIMEZONE
@@ -112,6 +113,8 @@ class Renderer:
         self.first_frame_mono: float | None = None
         self.frame_costs_ms: deque[float] = deque(maxlen=600)  # draw + present, for status and the benchmark
         self.scene_shown_mono: float | None = None  # when the current scene's first frame was presented
+        self._enrolment: EnrolmentCard | None = None  # drawn in place of the splash on a board not enrolled
+        self._notice: str | None = None  # the board's own word in the header (a refused bundle), for a while
 
     # --- window -------------------------------------------------------------------------------
 
@@ -150,6 +153,14 @@ class Renderer:
         """Whether the item's slide is being prepared, or ready (ahead of its turn)."""
         main = self._zones[1] if self._zones is not None else pygame.Rect(0, 0, *self.size)
         return self._slides.is_preparing(manifest, item, main.size)
+
+    def set_enrolment(self, card: EnrolmentCard | None) -> None:
+        """Show the enrolment screen instead of the splash (display thread; redrawn when it changes)."""
+        self._enrolment = card
+
+    def set_notice(self, notice: str | None) -> None:
+        """A line the board says in the header instead of the title (display thread)."""
+        self._notice = notice
 
     def invalidate(self) -> None:
         """Draw everything again at the next frame (settings changed)."""
@@ -210,7 +221,7 @@ class Renderer:
         layout = scene.manifest.layout if scene.manifest is not None else Layout(title=self.settings.splash_title)
         tz = schedule.zone(scene.manifest.timezone if scene.manifest is not None else DEFAULT_TIMEZONE)
         local = now.astimezone(tz)
-        key = (scene.mode, scene.showing_id, scene.item, scene.alert, id(scene.manifest))
+        key = (scene.mode, scene.showing_id, scene.item, scene.alert, id(scene.manifest), self._enrolment, self._notice)
         dirty: list[pygame.Rect] = []
         full = key != self._drawn_key
         waiting = False
@@ -352,8 +363,10 @@ class Renderer:
             canvas.blit(picture, main)
         else:
             self._fade_from = None
-            self._contained("splash", lambda: self._set_clock(painters.draw_splash(
-                canvas, self._fonts, layout, local, main, self._splash_footer(scene))),
+            card = self._enrolment
+            self._contained("splash", lambda: painters.draw_enrolment(canvas, self._fonts, layout, card, main)
+                            if card is not None else self._set_clock(painters.draw_splash(
+                                canvas, self._fonts, layout, local, main, self._splash_footer(scene))),
                 lambda: canvas.fill(layout.theme.background, main))
         clock_before = self._clock
         self._contained("header", lambda: self._set_clock(self._header(scene.manifest, layout, header, local)),
@@ -398,8 +411,8 @@ class Renderer:
         path = self._media.path_for(media.sha256) if media is not None else None
         if path is not None:
             logo, self._logo_pending = self._slides.logo(path, self._logo_height(), layout.theme.background)
-        return painters.draw_header(self._canvas, self._fonts, self._titles, layout, rect, local,
-                                    layout.title or self.settings.splash_title, logo)
+        title = self._notice or layout.title or self.settings.splash_title
+        return painters.draw_header(self._canvas, self._fonts, self._titles, layout, rect, local, title, logo)
 
     def _draw_fade(self, main: pygame.Rect, mono: float) -> pygame.Rect:
         old, new = self._fade_from, self._fade_to
