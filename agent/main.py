@@ -35,6 +35,7 @@ from agent.config import Config
 from agent.content import Content
 from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer
+from agent.display import kms
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.files import atomic_write
 from agent.health import Problems
@@ -307,6 +308,7 @@ class Agent:
             "alerts": [{"id": a.id, "title": a.title, "until": a.until.isoformat()} for a in self.player.active_alerts()],
             "display": {
                 "driver": pygame.display.get_driver() if pygame.display.get_init() else None,
+                "render_driver": kms.render_driver(),
                 "size": list(self.renderer.size),
                 "frames": self.renderer.frames,
                 "first_frame_s": round(first - self.started_mono, 3) if first is not None else None,
@@ -337,6 +339,8 @@ class Agent:
                 return 1
             # A first frame before anything slow: the splash, never a dark screen.
             self._step()
+            if (problem := kms.presenting_problem()) is not None:  # issue #16.1: a renderer that draws nothing
+                self.problems.report("display", problem)
             self.notifier.ready("splash on screen, loading content")
             self.content.restore()
             self._restore_alerts()
