@@ -363,7 +363,8 @@ class Agent:
                 started.append(self.config_watcher)
             self._loop()
         finally:
-            self.notifier.stopping()
+            if not self.exec_restart:  # a restart in place keeps the unit active; the new image sends READY=1 (#16.2)
+                self.notifier.stopping()
             self.player.shutdown(self.clock.now(), time.monotonic())
             self.stop.set()
             self._mqtt_stop.set()
