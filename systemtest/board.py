@@ -15,7 +15,7 @@ from typing import Any
 from systemtest.image import ROOT, Image
 from systemtest.screen import Look, Screen
 from systemtest.source import BASE_PATH, DEVICE, Source
-from systemtest.util import log, wait_for
+from systemtest.util import StepFailed, log, wait_for
 from systemtest.vm import SOURCE_IP, SOURCE_PORT, GuestError, Vm, VmOptions, new_overlay
 
 UNIT = "bangtin-agent"
@@ -112,10 +112,14 @@ class Board:
 
     def wait_ready(self, timeout: float) -> dict[str, str]:
         """ActiveState=active with a StatusText (sent with READY=1 and after): the unit reached READY."""
+        first = self.unit()
+
         def ready() -> dict[str, str] | None:
             state = self.unit()
             if state.get("ActiveState") == "failed":
                 raise GuestError(f"unit failed: {state}")
+            if int(state.get("NRestarts") or 0) - int(first.get("NRestarts") or 0) >= 3 and not state.get("StatusText"):
+                raise StepFailed("unit reaches READY", f"the unit restarted 3 times without READY: {state}")
             return state if state.get("ActiveState") == "active" and state.get("StatusText") else None
 
         return wait_for(ready, timeout, f"{UNIT} to reach READY", interval=0.5)

@@ -142,6 +142,7 @@ def _run_part(name: str, body: Callable[[], None], results: Results) -> None:
     except StepFailed as exc:
         results.durations_s[name] = round(time.monotonic() - started, 1)
         results.failed[name] = str(exc)
+        log(f"FAILED {name}: {exc}")
         raise
     except Exception as exc:
         traceback.print_exc()

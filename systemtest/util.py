@@ -49,6 +49,8 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
             value = predicate()
             if value:
                 return value
+        except StepFailed:
+            raise  # the predicate knows the wait is hopeless (e.g. a unit in a restart loop)
         except Exception as exc:  # noqa: BLE001 — retried until the deadline, shown if it never passes
             last_error = exc
         if time.monotonic() >= deadline:
