@@ -34,9 +34,9 @@ CANDIDATES: dict[str, str] = {
 
 def _try(board: Board, settings: str) -> dict[str, Any]:
     board.v.write(DROPIN, f"[Service]\n{settings}".encode())
-    board.v.sh(f"systemctl daemon-reload && systemctl restart {UNIT}", timeout=180, what="restart with the drop-in")
     outcome: dict[str, Any] = {}
     try:
+        board.v.sh(f"systemctl daemon-reload && systemctl restart {UNIT}", timeout=180, what="restart with the drop-in")
         board.wait_ready(90)
         board.wait_content(60)
         status = board.ctl_status()

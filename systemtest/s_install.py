@@ -108,6 +108,10 @@ def checks(board: Board, results: Results) -> None:
         errors = wait_for(lambda: [e for e in board.ctl_status()["errors"] if "not reaching the screen" in e], 60,
                           "the board to report frames not reaching the screen", interval=2)
         dark = board.screen().dark()
+        logged = [int(e.get("PRIORITY", 6)) for e in (json.loads(line) for line in board.journal(output="json").splitlines()
+                                                      if line.startswith("{"))
+                  if "not reaching the screen" in str(e.get("MESSAGE", ""))]
+        assert logged and logged[-1] == 4, f"'frames are not reaching the screen' journal priorities {logged}, expected 4"
         board.v.sh(f"rm {dropin} && systemctl daemon-reload && systemctl restart {UNIT}", timeout=120)
         assert dark, "with the opengl renderer and no libGL.so.1 the device was lit: the check proves nothing here"
         board.wait_ready(120)

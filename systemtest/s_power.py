@@ -22,6 +22,7 @@ from systemtest.util import StepFailed, log, step, wait_for
 from systemtest.vm import Throttle, VmOptions
 
 SAMPLE_S = 0.25
+RATE_BPS = 150_000  # the source's cap on media during the power cuts
 BACK_ON_SCREEN_BUDGET_S = 120.0  # power-on to content under TCG (measured ~20 s); a hang fails, not a slow VM
 # A cheap SD card under sustained small writes: ~10 MB/s and a few dozen IOPS.
 SD_CARD = Throttle(iops_total=50, bps_total=10 * 1024 * 1024)
@@ -145,7 +146,7 @@ def power_cuts(board: Board, results: Results) -> None:
     source = board.source
     switches = source.switches
     switches.refuse_uploads = True
-    switches.media_rate_bps = 250_000  # a download takes several seconds: cuts land in it
+    switches.media_rate_bps = RATE_BPS  # a download takes several seconds: cuts land in it
     expected: list[Showing] = []
     offsets: dict[int, float] = {}
     back_s: list[float] = []
@@ -179,7 +180,12 @@ def power_cuts(board: Board, results: Results) -> None:
             source.publish(make_manifest(board.files, extra_media=[("dl", big, False)]), {**board.files, big.name: big})
             wait_for(lambda w=watch: w.samples > 2, 30, "the screen watcher")
             board.v.run("true")  # the guest agent still answers: the board is up, not hung
-            delay = rng.uniform(3.0, 18.0)
+            if cycle % 2:
+                # Half the cuts land inside the download: wait for it to start, then cut within its span.
+                wait_for(lambda: _in_flight(source), 60, "the board to start downloading the new image", interval=0.1)
+                delay = rng.uniform(0.5, 0.8 * big.stat().st_size / RATE_BPS)
+            else:
+                delay = rng.uniform(3.0, 18.0)
             threading.Event().wait(delay)  # the cut's random moment (the scenario's input, not a synchronisation)
             downloading = bool(_in_flight(source))
             cut_mono = time.monotonic()
