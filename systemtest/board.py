@@ -105,7 +105,8 @@ class Board:
         return self.v.sh(f"journalctl {args}", timeout=60)
 
     def ctl_status(self) -> dict[str, Any]:
-        return json.loads(self.v.sh(f"bangtin-agent ctl --config {CONFIG} status --json", timeout=60))  # type: ignore[no-any-return]
+        status: dict[str, Any] = json.loads(self.v.sh(f"bangtin-agent ctl --config {CONFIG} status --json", timeout=60))
+        return status
 
     def screen(self, keep: str | None = None) -> Screen:
         return self.v.screendump(keep)

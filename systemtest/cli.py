@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             except StepFailed:
                 _recover(board)  # the next part starts from a playing board again, or the run ends here
     except StepFailed as exc:
-        results.failed.setdefault(exc.step, exc.why)
+        if not results.failed:  # a failure outside the parts (image, tools); a part's is recorded already
+            results.failed[exc.step] = exc.why
     except Exception as exc:  # noqa: BLE001 — a harness bug still ends in a named failure and a summary
         traceback.print_exc()
         results.failed.setdefault("harness", f"{type(exc).__name__}: {exc}")
@@ -112,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print(results.summary(), flush=True)
         print(f"results: {results_path}\nlogs:    {workdir}", flush=True)
     if results.failed:
-        first_step = next(iter(results.failed))
-        print(f"systemtest: FAILED at step '{first_step}': {results.failed[first_step].splitlines()[0]}",
-              file=sys.stderr)
+        for part, why in results.failed.items():
+            print(f"systemtest: FAILED in {part}: {why.splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
 

@@ -210,7 +210,7 @@ def build(arch: str, python: str) -> Image:
                 (ROOT / "pyproject.toml").read_bytes(), guestd, GUEST_FILES, ENABLE, DISK_SIZE)
     disk = cache / f"disk-{arch}-{key}.raw"
     kernel, initrd = disk.with_suffix(".vmlinuz"), disk.with_suffix(".initrd")
-    layers = ("rootfs",) if rootfs_built else ()
+    layers: tuple[str, ...] = ("rootfs",) if rootfs_built else ()
     if not (disk.exists() and kernel.exists() and initrd.exists()):
         log(f"making the {arch} disk (cache miss: {disk.name})")
         with tempfile.TemporaryDirectory(dir=cache, prefix="build-") as work:

@@ -107,6 +107,9 @@ class ScreenWatch:
                 current, since = kind, now if current is not None else None
             self._stop.wait(SAMPLE_S)
 
+    def started(self) -> bool:
+        return self.samples > 2
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -115,7 +118,8 @@ class ScreenWatch:
 
 def _guest_check(board: Board) -> dict[str, Any]:
     board.v.write("/tmp/guestcheck.py", GUEST_CHECK.encode())
-    return json.loads(board.v.sh(f"python3 /tmp/guestcheck.py {STORAGE}", timeout=120).splitlines()[-1])  # type: ignore[no-any-return]
+    report: dict[str, Any] = json.loads(board.v.sh(f"python3 /tmp/guestcheck.py {STORAGE}", timeout=120).splitlines()[-1])
+    return report
 
 
 def _ended_at(record: dict[str, Any]) -> float:
@@ -178,7 +182,7 @@ def power_cuts(board: Board, results: Results) -> None:
             watch = ScreenWatch(board, board.boots).start()
             big = noisy_image(board.workdir / "files" / f"dl-{cycle:02d}.png", (10, 10, 10), 1_200_000, seed + cycle)
             source.publish(make_manifest(board.files, extra_media=[("dl", big, False)]), {**board.files, big.name: big})
-            wait_for(lambda w=watch: w.samples > 2, 30, "the screen watcher")
+            wait_for(watch.started, 30, "the screen watcher")
             board.v.run("true")  # the guest agent still answers: the board is up, not hung
             if cycle % 2:
                 # Half the cuts land inside the download: wait for it to start, then cut within its span.

@@ -69,9 +69,9 @@ class Qmp:
             line = self.file.readline()
             if not line:
                 raise QmpError("QMP connection closed")
-            message = json.loads(line)
+            message: dict[str, Any] = json.loads(line)
             if "event" not in message:
-                return message  # type: ignore[no-any-return]
+                return message
 
     def execute(self, command: str, **arguments: Any) -> Any:
         with self._lock:
@@ -137,14 +137,15 @@ class GuestChannel:
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 try:
-                    message = json.loads(line)
+                    message: dict[str, Any] = json.loads(line)
                 except ValueError:
                     continue
                 if message.get("event") == "hello" or self.hello is None:
                     self.hello = self.hello or message
                     self.hello_mono = self.hello_mono or time.monotonic()
+                request_id = message.get("id")
                 with self._lock:
-                    future = self._pending.pop(message.get("id"), None) if message.get("id") is not None else None
+                    future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
                 if future is not None:
                     future.set_result(message)
         self._closed = True
