@@ -22,6 +22,18 @@ UNIT = "bangtin-agent"
 CONFIG = "/etc/bangtin/agent.yaml"
 STORAGE = "/var/lib/bangtin"
 GUEST_SRC = "/root/bangtin-agent"
+CTL_STATUS = """import json, socket
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect("/run/bangtin/control.sock")
+s.sendall(json.dumps({"command": "status", "args": {}}).encode() + b"\\n")
+data = b""
+while not data.endswith(b"\\n"):
+    chunk = s.recv(65536)
+    assert chunk, "the agent closed the socket"
+    data += chunk
+print(data.decode())
+"""
 
 
 def project_tar(breakage: str | None = None) -> bytes:
@@ -107,6 +119,16 @@ class Board:
     def ctl_status(self) -> dict[str, Any]:
         status: dict[str, Any] = json.loads(self.v.sh(f"bangtin-agent ctl --config {CONFIG} status --json", timeout=60))
         return status
+
+    def status(self) -> dict[str, Any]:
+        """`status` straight over the control socket (PROTOCOL.md §9): works while agent.yaml holds a
+        refused edit (`ctl` itself needs a valid config to find the socket) and costs no CLI start-up."""
+        self.v.write("/tmp/ctlstatus.py", CTL_STATUS.encode())
+        answer = json.loads(self.v.sh("python3 /tmp/ctlstatus.py", timeout=60))
+        if not answer.get("ok"):
+            raise GuestError(f"status over the control socket: {answer}")
+        result: dict[str, Any] = answer["result"]
+        return result
 
     def screen(self, keep: str | None = None) -> Screen:
         return self.v.screendump(keep)

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         results.write(results_path)
         print(results.summary(), flush=True)
         print(f"results: {results_path}\nlogs:    {workdir}", flush=True)
+        print(f"systemtest: {len(results.passed)} passed, {len(results.failed)} failed", flush=True)
     if results.failed:
         for part, why in results.failed.items():
             print(f"systemtest: FAILED in {part}: {why.splitlines()[0]}", file=sys.stderr)

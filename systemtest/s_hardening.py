@@ -39,7 +39,7 @@ def _try(board: Board, settings: str) -> dict[str, Any]:
         board.v.sh(f"systemctl daemon-reload && systemctl restart {UNIT}", timeout=180, what="restart with the drop-in")
         board.wait_ready(90)
         board.wait_content(60)
-        status = board.ctl_status()
+        status = board.status()
         problems = [e for e in status.get("errors", []) if "not reaching the screen" in e]
         outcome["works"] = not problems
         outcome["render_driver"] = status["display"].get("render_driver")

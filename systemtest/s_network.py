@@ -126,7 +126,7 @@ def starved_link(board: Board, results: Results) -> None:
             thread.start()
         try:
             def synced() -> bool:
-                status = board.ctl_status()
+                status = board.status()
                 return bool(status.get("manifest_serial") == serial and status["cache"]["media_missing"] == 0)
 
             wait_for(synced, SYNC_TIMEOUT_S, f"manifest serial {serial} and its 5 MB image verified", interval=3)
@@ -157,7 +157,7 @@ def starved_link(board: Board, results: Results) -> None:
         assert worst_stall <= STALL_LIMIT_S, f"the screen froze for {worst_stall:.1f} s during the sync"
     with step("starved link: records made meanwhile arrive once the link is back"):
         _link(board, ONE_WAY)
-        wait_for(lambda: board.ctl_status()["outbox_pending"] == 0, 300, "the outbox to empty over the shaped link", interval=3)
+        wait_for(lambda: board.status()["outbox_pending"] == 0, 300, "the outbox to empty over the shaped link", interval=3)
         arrived = len(set(source.records()) - records_before)
         assert arrived > 0, "no record reached the source after the sync"
     board.v.shutdown()

@@ -210,7 +210,7 @@ def power_cuts(board: Board, results: Results) -> None:
         report = _guest_check(board)
         checks.append(report)
         assert all(v == "ok" for v in report["databases"].values()), report
-        wait_for(lambda: board.ctl_status()["outbox_pending"] == 0, 300, "the outbox to empty", interval=2)
+        wait_for(lambda: board.status()["outbox_pending"] == 0, 300, "the outbox to empty", interval=2)
         records = [r for rid, r in source.records().items() if rid not in received_before]
         lost = _match(expected, records, offsets)
     (board.workdir / "power-cuts.json").write_text(json.dumps(
@@ -236,10 +236,10 @@ def _in_flight(source: Any) -> list[str]:
 
 def frame_figures(board: Board, seconds: float = 30.0) -> dict[str, Any]:
     """The agent's own frame-cost figures (ctl status) after `seconds` of item changes."""
-    first = board.ctl_status()["display"]
+    first = board.status()["display"]
     started_frames = first.get("frames", 0)
     threading.Event().wait(seconds)  # a window of play to measure over (several item changes)
-    display = board.ctl_status()["display"]
+    display = board.status()["display"]
     return {"frames": display.get("frames", 0) - started_frames, "frame_ms": display.get("frame_ms")}
 
 

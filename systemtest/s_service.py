@@ -93,7 +93,7 @@ def live_config(board: Board, results: Results) -> None:
         _write_config(board, agent_config(board.source).replace('"heartbeat_interval_s": 30', '"heartbeat_interval_s": "often"'))
         priority, message = _wait_journal(board, cursor, "config edit refused", 60)
         assert priority == 3, f"a refused edit logged at priority {priority}, expected 3 (error): {message}"
-        errors = board.ctl_status()["errors"]
+        errors = board.status()["errors"]
         assert any("config edit refused" in e for e in errors), f"ctl status errors do not say why: {errors}"
         assert board.unit()["MainPID"] == before["MainPID"], "the agent restarted for a broken edit"
         _write_config(board, agent_config(board.source))  # back to what the board started with
