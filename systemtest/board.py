@@ -87,6 +87,7 @@ class Board:
     boots: int = 0
     files: dict[str, Path] = field(default_factory=dict)
     cycles: int = 20  # power cuts
+    crashes: int = 4  # crash-loop
 
     def __post_init__(self) -> None:
         self.overlay = new_overlay(self.image, self.workdir / f"board-{self.image.arch}.qcow2")

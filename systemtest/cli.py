@@ -49,6 +49,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated parts after the install: {', '.join(PARTS)}")
     parser.add_argument("--skip", help="comma-separated parts to leave out")
     parser.add_argument("--cycles", type=int, default=20, help="power cuts (default 20)")
+    parser.add_argument("--crashes", type=int, default=4, help="crashes in the crash loop (default 4)")
     parser.add_argument("--break", dest="breakage", choices=["unit", "install"],
                         help="deliberately break the unit file or install.sh: the run must fail naming the step")
     parser.add_argument("--results", type=Path, help="JSON results file (default: in the run's folder)")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         results.passed.append("image")
         source = Source(workdir)
         board = Board(image, workdir, source, look())
-        board.cycles = args.cycles
+        board.cycles, board.crashes = args.cycles, args.crashes
         _run_part("install", lambda: s_install.prepare_and_install(board, results, args.breakage), results)
         for part in parts:
             try:

@@ -234,20 +234,23 @@ def _in_flight(source: Any) -> list[str]:
         return list(source.switches.active)
 
 
-def frame_figures(board: Board, seconds: float = 30.0) -> dict[str, Any]:
-    """The agent's own frame-cost figures (ctl status) after `seconds` of item changes."""
+def frame_figures(board: Board, seconds: float = 40.0) -> dict[str, Any]:
+    """The agent's own frame-cost figures (ctl status `display.frame_ms`: draw + present, recent frames)
+    over `seconds` of play: ten item changes of 4 s, each one a full redraw and a record committed."""
     first = board.status()["display"]
-    started_frames = first.get("frames", 0)
-    threading.Event().wait(seconds)  # a window of play to measure over (several item changes)
+    threading.Event().wait(seconds)  # a window of play to measure over (the measurement itself)
     display = board.status()["display"]
-    return {"frames": display.get("frames", 0) - started_frames, "frame_ms": display.get("frame_ms")}
+    return {"frames": display.get("frames", 0) - first.get("frames", 0), "frame_ms": display.get("frame_ms")}
 
 
 def slow_card(board: Board, results: Results) -> None:
-    """The same board on an SD-card-like disk: boot, content, and frame timing across item changes."""
-    with step("slow card: baseline frame timing (unthrottled)"):
-        if board.vm is None or not board.vm.alive():
-            board.power_on()
+    """The same board on an SD-card-like disk: boot, content, and the agent's frame timing across item
+    changes, against the same measurement on a fresh unthrottled boot (TCG makes both slow; the
+    difference is the disk's)."""
+    with step("slow card: frame timing on a fresh boot, unthrottled"):
+        if board.vm is not None and board.vm.alive():
+            board.v.shutdown()
+        board.power_on()
         board.wait_content(BACK_ON_SCREEN_BUDGET_S)
         baseline = frame_figures(board)
     with step("slow card: boot on a throttled disk"):
@@ -256,12 +259,12 @@ def slow_card(board: Board, results: Results) -> None:
         boot_s = time.monotonic() - board.v.started_mono
         shown, _ = board.wait_content(600)
         content_s = shown - board.v.started_mono
-    with step("slow card: frame timing across item changes"):
+    with step("slow card: frame timing across item changes, throttled"):
         slow = frame_figures(board)
     results.put("slow-card", throttle=f"iops-total={SD_CARD.iops_total}, bps-total={SD_CARD.bps_total}",
                 boot_to_guest_agent_s=round(boot_s, 1), power_on_to_content_s=round(content_s, 1),
                 frame_ms_unthrottled=baseline["frame_ms"], frame_ms_throttled=slow["frame_ms"],
-                frames_measured=slow["frames"])
+                frames_unthrottled=baseline["frames"], frames_throttled=slow["frames"])
     with step("slow card: back to a normal disk"):
         board.v.shutdown()
         board.power_on()

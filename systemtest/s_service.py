@@ -181,15 +181,17 @@ def watchdog(board: Board, results: Results) -> None:
                 sigstop_to_content_s=round(shown - started, 1))
 
 
-def crash_loop(board: Board, results: Results, crashes: int = 4) -> None:
+def crash_loop(board: Board, results: Results) -> None:
     """Crash the agent as soon as each new process is READY: each time the device is dark at most the
     restart pacing (RestartSec) plus the agent's own start-up to READY (+3 s for the screen to be read);
     no start limit ever leaves the board dark for good."""
+    crashes = board.crashes
     restart_sec = _unit_seconds(board, "RestartUSec")
     start = board.unit()
     gaps: list[float] = []
     startups: list[float] = []
     pid = start["MainPID"]
+    cursor = _cursor(board)
     with step(f"crash loop: {crashes} crashes in a row (SIGSEGV)"):
         for _ in range(crashes):
             board.v.sh(f"kill -SEGV {pid}")
@@ -214,6 +216,10 @@ def crash_loop(board: Board, results: Results, crashes: int = 4) -> None:
         assert state["ActiveState"] == "active", state
         restarts = int(state["NRestarts"]) - int(start["NRestarts"])
         assert restarts == crashes, f"{restarts} restarts for {crashes} crashes"
+    messages = [m for _, m in _messages(_journal_since(board, cursor))]
+    # A crash that hangs instead of dying (pygame's SIGSEGV parachute) is ended by the watchdog only.
+    hung = sum(1 for m in messages if "Failed with result 'watchdog'" in m)
+    results.put("crash-loop", crashes_that_hung_until_the_watchdog=hung)
     with step("crash loop: dark no longer than the restart pacing plus start-up"):
         over = [(round(g, 1), round(restart_sec + s + 3.0, 1)) for g, s in zip(gaps, startups, strict=True)
                 if g > restart_sec + s + 3.0]
