@@ -18,7 +18,7 @@ CANDIDATES: dict[str, str] = {
     "DevicePolicy=closed + DeviceAllow (dri, cec, vchiq)":
         "DevicePolicy=closed\nDeviceAllow=char-drm rw\nDeviceAllow=/dev/cec0 rw\nDeviceAllow=/dev/vchiq rw\n",
     "CapabilityBoundingSet= (none)": "CapabilityBoundingSet=\nAmbientCapabilities=\n",
-    "SystemCallFilter=@system-service": "SystemCallFilter=@system-service\nSystemCallErrorNumber=EPERM\n",
+    "SystemCallFilter=@system-service": "SystemCallFilter=@system-service\n",  # a violation kills: nothing hidden
     "SystemCallFilter=~@privileged": "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged\n",
     "SystemCallFilter=~@resources": "SystemCallFilter=@system-service\nSystemCallFilter=~@resources\n",
     "MemoryMax=512M": "MemoryMax=512M\n",
