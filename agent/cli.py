@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import faulthandler
 import json
 import logging
 import os
@@ -100,6 +101,9 @@ def load_or_report(path: Path) -> Config | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before pygame is imported: with a handler in place pygame installs no SIGSEGV "parachute", which
+    # can hang a crashing process (screen dark until the watchdog fires) instead of letting it die.
+    faulthandler.enable()
     setup_logging(args.log_level)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # before pygame's first import: keep logs clean
     if args.command == "check-config":
