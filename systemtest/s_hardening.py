@@ -49,7 +49,8 @@ def _try(board: Board, settings: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 — a setting that breaks the board is the finding
         outcome["works"] = False
         journal = board.v.run(f"journalctl -u {UNIT} -b --no-pager -n 8 -o cat").out.strip().splitlines()
-        outcome["why"] = f"{type(exc).__name__}: {str(exc)[:160]}; journal: {' | '.join(journal[-4:])[:400]}"
+        # One line for the summary: the journal's last words say how it broke (SIGSYS, SEGV, exit 1).
+        outcome["why"] = " ".join(f"{type(exc).__name__}; journal: {' | '.join(journal[-4:-1])}".split())[:300]
     score = SCORE.search(board.v.run(f"systemd-analyze security {UNIT}.service --no-pager", timeout=120).out)
     outcome["exposure"] = float(score.group(1)) if score else None
     return outcome
