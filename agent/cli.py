@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import faulthandler
 import json
 import logging
 import os
@@ -111,6 +112,9 @@ def load_or_report(path: Path) -> Config | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before pygame is imported: with a handler in place pygame installs no SIGSEGV "parachute", which
+    # can hang a crashing process (screen dark until the watchdog fires) instead of letting it die.
+    faulthandler.enable()
     if args.command != "run":
         # What a person reads at a terminal follows the locale; the running agent's logs, status and
         # heartbeat `errors` stay English (agent/i18n.py says why).

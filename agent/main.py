@@ -38,6 +38,7 @@ from agent.config import Config, config_warnings, storage_dir_problem
 from agent.content import Content
 from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer
+from agent.display import kms
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.enrolment import EnrolmentCard, EnrolmentScreen, NoSource, qr_text, waiting_lines
@@ -288,6 +289,8 @@ def run_board(board: Board) -> int:
         # A first frame before anything slow: the splash (or the enrolment screen), never a dark screen.
         board.renderer.set_enrolment(board.enrolment.first_card())
         board.loop.safe_step()
+        if (problem := kms.presenting_problem()) is not None:  # issue #16.1: a renderer that draws nothing
+            board.problems.report("display", problem)
         board.notifier.ready("splash on screen, loading content")
         for warning in config_warnings(config):
             log.warning("%s", warning)
@@ -467,7 +470,8 @@ def _today(content: Content, clock: Clock) -> str:
 
 def _display_status(renderer: Renderer, started: float) -> dict[str, Any]:
     first = renderer.first_frame_mono
-    return {"driver": renderer.driver, "size": list(renderer.size), "frames": renderer.frames,
+    return {"driver": renderer.driver, "render_driver": kms.render_driver(), "size": list(renderer.size),
+            "frames": renderer.frames,
             "first_frame_s": round(first - started, 3) if first is not None else None,
             "scene_shown_mono": renderer.scene_shown_mono}  # CLOCK_MONOTONIC, for latency benchmarks
 

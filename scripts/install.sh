@@ -17,7 +17,7 @@ SERVICE_USER=bangtin
 DRY_RUN=0
 TOKEN_SOURCE=""
 WITH_CEC=1
-PACKAGES=(python3 python3-venv fonts-dejavu-core libgbm1 libdrm2 libegl1 libgles2)
+PACKAGES=(python3 python3-venv fonts-dejavu-core libgbm1 libdrm2 libegl1 libgles2 libgl1-mesa-dri)
 
 usage() { sed -n '2,8p' "$0"; exit "${1:-0}"; }
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pygame
 
 from agent import schedule
-from agent.display import painters
+from agent.display import kms, painters
 from agent.display.slides import SlideError, Slides
 from agent.display.text import FontBook
 from agent.display.ticker import Ticker
@@ -120,6 +120,7 @@ class Renderer:
 
     def open(self) -> None:
         """Initialise only video and fonts (pygame.init() would also open audio for nothing)."""
+        kms.prefer_gles()  # before SDL starts: on kmsdrm, GLES 2 unless a renderer was chosen (issue #16.1)
         pygame.display.init()
         pygame.font.init()
         flags = pygame.FULLSCREEN if self.settings.fullscreen else 0
