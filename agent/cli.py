@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agent import __version__, i18n
 from agent.config import Config, ConfigError, config_warnings, load_config
 from agent.i18n import _, ngettext
@@ -23,8 +25,8 @@ SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logg
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bangtin-agent", description="Player agent for public electronic bulletin boards.")
     parser.add_argument("--version", action="version", version=f"bangtin-agent {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="how much to log (default INFO: state changes only)")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much to log (default: the config's log_level, INFO: state changes only)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the player in the foreground (what systemd starts)")
@@ -68,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("--id", default=None, help="end only this alert")
     screen = actions.add_parser("screen", help="force the screen on or off, or back to its schedule")
     screen.add_argument("mode", choices=["on", "off", "auto"])
+    withdraw = actions.add_parser("withdraw", help="take items or ticker lines off the screen at once (until a "
+                                                   "manifest with a higher serial)")
+    withdraw.add_argument("items", nargs="+", metavar="ITEM")
+    logs = actions.add_parser("logs", help="print the agent's recent log lines")
+    logs.add_argument("--lines", type=int, default=500, help="how many (default 500, at most 5000)")
     return parser
 
 
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         # What a person reads at a terminal follows the locale; the running agent's logs, status and
         # heartbeat `errors` stay English (agent/i18n.py says why).
         i18n.use(i18n.language())
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # before pygame's first import: keep logs clean
     if args.command == "check-config":
         config = load_or_report(args.config)
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CONFIG
         from agent.main import run
 
-        return run(config)
+        return run(config, args.log_level)
     if args.command == "report":
         config = load_or_report(args.config)
         if config is None:
@@ -200,11 +207,34 @@ def report(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def control_socket(path: Path) -> Path | None:
+    """The control socket the config names. A config with problems still names it: the technician
+    who just broke agent.yaml must still reach the board that runs on the last good one."""
+    from agent.config import ConfigError, ControlConfig
+
+    try:
+        return Path(load_config(path).control.socket)
+    except ConfigError as exc:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            socket = raw["control"]["socket"] if isinstance(raw, dict) and isinstance(raw.get("control"), dict) else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError):
+            socket = None
+        if not isinstance(socket, str):
+            if "cannot read config" in str(exc):
+                print(exc, file=sys.stderr)
+                return None
+            socket = ControlConfig().socket
+        print(_("warning: {path} has problems (see check-config); asking the agent on {socket}").format(
+            path=path, socket=socket), file=sys.stderr)
+        return Path(socket) if os.path.isabs(socket) else (path.parent / socket).resolve()
+
+
 def ctl(args: argparse.Namespace) -> int:
     from agent.ctlsocket import ControlUnavailable, request
 
-    config = load_or_report(args.config)
-    if config is None:
+    socket = control_socket(args.config)
+    if socket is None:
         return EXIT_CONFIG
     command, payload = {
         "status": ("status", {}),
@@ -214,9 +244,11 @@ def ctl(args: argparse.Namespace) -> int:
                             **({"minutes": args.minutes} if getattr(args, "minutes", None) is not None else {})}),
         "clear-alert": ("clear_alert", {"alert": getattr(args, "id", None)} if getattr(args, "id", None) else {}),
         "screen": ("screen", {"mode": getattr(args, "mode", None)}),
+        "withdraw": ("withdraw", {"items": getattr(args, "items", None)}),
+        "logs": ("logs", {"lines": getattr(args, "lines", None)}),
     }[args.action]
     try:
-        response = request(Path(config.control.socket), command, payload)
+        response = request(socket, command, payload)
     except ControlUnavailable as exc:
         print(f"bangtin-agent ctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -230,6 +262,14 @@ def ctl(args: argparse.Namespace) -> int:
         print(_("{path}: {count} bytes").format(path=args.out, count=len(png)))
     elif args.action == "status" and not args.json:
         print(format_status(result))
+    elif args.action == "logs":
+        for line in result.get("lines", []):
+            print(line)
+    elif args.action == "withdraw":
+        print(_("withdrawn: {found}").format(found=", ".join(result.get("items", [])) or "-"))
+        if result.get("not_found"):
+            print(_("not in the current manifest (withdrawn all the same): {ids}").format(
+                ids=", ".join(result["not_found"])))
     else:
         print(json.dumps(result, ensure_ascii=False, indent=None if args.action == "status" else 2))
     return EXIT_OK

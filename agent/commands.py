@@ -152,7 +152,7 @@ class RemoteCommands:
         log_: CommandLog,
         keys: Sequence[TrustedKey],
         now: Callable[[], dt.datetime],
-        upload_screenshot: Callable[[bytes, str], int] | None,
+        upload: Callable[[str, bytes, str, str], int] | None,
         on_dropped: Callable[[int, str], None],
         *,
         device_id: str,
@@ -162,7 +162,7 @@ class RemoteCommands:
         self._log = log_
         self._keys = tuple(keys)
         self._now = now
-        self._upload_screenshot = upload_screenshot
+        self._upload = upload  # (what: "screenshots" or "logs", body, content type, command id) → bytes sent
         self._on_dropped = on_dropped
         self._device_id = device_id
         self._groups = tuple(groups)
@@ -198,27 +198,33 @@ class RemoteCommands:
             return ack
         self._log.remember(command.id)
         log.info("command %s: %s", command.id, command.command)
-        if command.command == "screenshot":
-            return self._screenshot(command, ack)
+        if command.command in ("screenshot", "logs"):
+            return self._upload_answer(command, ack)
         response = self._dispatcher.handle({"command": command.command, "args": command.args, "id": command.id})
         ack["ok"] = bool(response.get("ok"))
         ack["result" if ack["ok"] else "error"] = response.get("result") if ack["ok"] else response.get("error")
         return ack
 
-    def _screenshot(self, command: Command, ack: dict[str, Any]) -> dict[str, Any]:
-        if self._upload_screenshot is None:
-            ack["error"] = "no HTTP source to upload the screenshot to"
+    def _upload_answer(self, command: Command, ack: dict[str, Any]) -> dict[str, Any]:
+        """`screenshot` and `logs` answer with a POST to the source (§2, §8); the ack carries its size."""
+        if self._upload is None:
+            ack["error"] = f"no HTTP source to upload the {command.command} to"
             return ack
-        response = self._dispatcher.handle({"command": "screenshot", "args": {}})
+        response = self._dispatcher.handle({"command": command.command, "args": command.args})
         if not response.get("ok"):
             ack["error"] = response.get("error")
             return ack
-        png = base64.b64decode(response["result"]["png_base64"])
+        result = response["result"]
+        if command.command == "screenshot":
+            what, body, content_type = "screenshots", base64.b64decode(result["png_base64"]), "image/png"
+        else:
+            what, content_type = "logs", "text/plain; charset=utf-8"
+            body = "".join(f"{line}\n" for line in result["lines"]).encode("utf-8")
         try:
-            size = self._upload_screenshot(png, command.id)
+            size = self._upload(what, body, content_type, command.id)
         except Exception as exc:  # the source's error goes back in the ack, and to the log
-            log.warning("screenshot for command %s not uploaded: %s", command.id, exc, exc_info=True)
+            log.warning("%s for command %s not uploaded: %s", command.command, command.id, exc, exc_info=True)
             ack["error"] = clip(f"upload failed: {exc}")
             return ack
-        ack.update(ok=True, result={"bytes": size})
+        ack.update(ok=True, result={"bytes": size, **({"lines": len(result["lines"])} if what == "logs" else {})})
         return ack

@@ -23,10 +23,13 @@ from agent.models import Alert, InputRejected
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "ping", "sync", "alert", "clear_alert", "screen", "screenshot", "restart")
+COMMANDS = ("status", "ping", "sync", "alert", "clear_alert", "screen", "screenshot", "restart", "withdraw", "logs")
 DEFAULT_ALERT_MINUTES = 60
 MAX_ALERT_MINUTES = 7 * 24 * 60
 ANSWER_TIMEOUT_S = 10.0
+DEFAULT_LOG_LINES = 500
+MAX_LOG_LINES = 5000  # §8
+MAX_WITHDRAW_IDS = 1000
 
 
 class CommandError(ValueError):
@@ -46,6 +49,8 @@ class Actions:
     sync: Callable[[], None]
     restart: Callable[[], None]
     now: Callable[[], dt.datetime]
+    withdraw: Callable[[list[str]], list[str]]  # display thread; returns the ids the manifest has
+    recent_logs: Callable[[int], list[str]]  # any thread
 
 
 def parse_alert(args: Mapping[str, Any], command_id: str | None, now: dt.datetime) -> Alert:
@@ -80,6 +85,24 @@ def parse_alert(args: Mapping[str, Any], command_id: str | None, now: dt.datetim
                                f"found {show_value(minutes)}")
         until = now + dt.timedelta(minutes=count)
     return Alert(id=command_id or f"local-{new_ulid()}", title=nfc(title), body=nfc(body), until=until)
+
+
+def parse_withdraw(args: Mapping[str, Any]) -> list[str]:
+    """`withdraw` args: `items`, the ids of manifest items or ticker lines."""
+    ids = args.get("items")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and 0 < len(i) <= 128 for i in ids):
+        raise CommandError(f"withdraw: args.items: expected a list of item or ticker ids, found {show_value(ids)}")
+    if len(ids) > MAX_WITHDRAW_IDS:
+        raise CommandError(f"withdraw: args.items: {len(ids)} ids, over the limit of {MAX_WITHDRAW_IDS}")
+    return list(dict.fromkeys(ids))
+
+
+def parse_log_lines(args: Mapping[str, Any]) -> int:
+    """`logs` args: `lines`, default 500, at most 5000."""
+    lines = args.get("lines", DEFAULT_LOG_LINES)
+    if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_LOG_LINES:
+        raise CommandError(f"logs: args.lines: expected a number from 1 to {MAX_LOG_LINES}, found {show_value(lines)}")
+    return lines
 
 
 class Dispatcher:
@@ -136,5 +159,11 @@ class Dispatcher:
         if command == "screenshot":
             png = actions.screenshot_png()
             return {"png_base64": base64.b64encode(png).decode("ascii"), "bytes": len(png)}
+        if command == "withdraw":
+            ids = parse_withdraw(args)
+            found = self._on_display(lambda: actions.withdraw(ids))
+            return {"items": found, "not_found": [i for i in ids if i not in found]}
+        if command == "logs":
+            return {"lines": actions.recent_logs(parse_log_lines(args))}
         actions.restart()
         return {"restart": "requested"}

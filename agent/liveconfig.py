@@ -32,7 +32,7 @@ HOT_KEYS = {
     "source.poll_interval_s", "report.heartbeat_interval_s", "report.upload_interval_s", "report.batch_size",
     "report.outbox_max_records", "report.journal_days", "display.fps", "display.crossfade_ms", "display.splash_title",
     "display.power_on_command", "display.power_off_command", "mqtt.url", "mqtt.topic_prefix", "mqtt.keepalive_s",
-    "mqtt.ca_file", "update.health_s",
+    "mqtt.ca_file", "update.health_s", "log_level", "downloads.windows", "downloads.small_mb",
 }
 
 
@@ -47,6 +47,7 @@ class LiveTargets:
     power_commands: Callable[[str | None, str | None], None]
     mqtt: Callable[[Config], None]
     restart_in_place: Callable[[set[str]], None]
+    log_level: Callable[[str], None]
 
 
 def apply_edit(targets: LiveTargets, new: Config, changed: set[str]) -> bool:
@@ -61,6 +62,7 @@ def apply_edit(targets: LiveTargets, new: Config, changed: set[str]) -> bool:
     targets.outbox_limits(new.report.outbox_max_records, new.report.journal_days)
     targets.display(new.display.fps, new.display.crossfade_ms, new.display.splash_title)
     targets.power_commands(new.display.power_on_command, new.display.power_off_command)
+    targets.log_level(new.log_level)
     if any(key.startswith("mqtt.") for key in changed):
         targets.mqtt(new)
     log.info("config applied without a restart: %s", ", ".join(sorted(changed)))

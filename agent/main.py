@@ -47,7 +47,8 @@ from agent.events import RunEvents, manifest_changed, stop_reason
 from agent.health import Problems
 from agent.identity import Identity, IdentityError
 from agent.identity import load_or_create as load_identity
-from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit
+from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit, changed_keys
+from agent.logring import LogRing
 from agent.loop import DisplayLoop, Inbox, ScreenState
 from agent.manifest import DEFAULT_TIMEZONE
 from agent.models import Alert, Scene, ScreenMode
@@ -56,6 +57,7 @@ from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
 from agent.provision import DROP_FOLDER, NOTICE_S, Provisioner
 from agent.service import Services
+from agent.settings import ConfigInForce
 from agent.startguard import StartGuard
 from agent.status import StatusBuilder, StatusParts
 from agent.sync.client import ClientSettings, HttpClient
@@ -65,6 +67,7 @@ from agent.sync.mqtt import MqttLink, MqttSettings, MqttSlot, broker_urls
 from agent.sync.reporter import Reporter
 from agent.systemd import Notifier
 from agent.update import Updater, base_python, update_paths
+from agent.withdrawn import WITHDRAWN_FILE, WithdrawnStore
 from agent.writer import DiskWriter
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,7 @@ class Lifecycle:
     restart_requested: bool = False  # the `restart` command: exit for the service manager
     exec_restart: bool = False  # a cold config edit: re-execute in place (same PID, unit stays active)
     update_restart: bool = False  # a new release is installed: exit for the launcher to start it
+    log_level_pinned: bool = False  # --log-level was given: log_level in the config does not move it
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Board:
     writer: DiskWriter
     guard: StartGuard
     alerts: AlertStore
+    withdrawn: WithdrawnStore
     command_log: CommandLog
     player: Player
     renderer: Renderer
@@ -112,15 +117,19 @@ class Board:
     updater: Updater
     enrolment: EnrolmentScreen
     provisioner: Provisioner | None
+    in_force: ConfigInForce
     status: StatusBuilder
 
 
-def build(config: Config, identity: Identity | IdentityError | None = None) -> Board:
+def build(config: Config, identity: Identity | IdentityError | None = None, logs: LogRing | None = None,
+          log_level_pinned: bool = False) -> Board:
     """Every part, in dependency order. Nothing starts here; `run_board` starts them. `identity` is
-    the board's key (PROTOCOL.md §12), or why it cannot be used (reported; POSTs go unsigned)."""
+    the board's key (PROTOCOL.md §12), or why it cannot be used (reported; POSTs go unsigned);
+    `logs` the ring of recent log lines the `logs` command reads."""
     storage = Path(config.storage.dir)
     started = time.monotonic()
-    lifecycle = Lifecycle(config, threading.Event())
+    lifecycle = Lifecycle(config, threading.Event(), log_level_pinned=log_level_pinned)
+    ring = logs or LogRing()
     stop = lifecycle.stop
     rng = random.Random()
     problems = Problems()
@@ -141,6 +150,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
     writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
     guard = StartGuard(storage / "starts.json")
     alerts = AlertStore(storage / ALERTS_FILE, writer.write_file)
+    withdrawn = WithdrawnStore(storage / WITHDRAWN_FILE, writer.write_file)
     command_log = CommandLog(storage / "commands.sqlite")
     player = Player(content, writer, problems)
 
@@ -164,9 +174,10 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
 
     def on_change() -> None:
         inbox.wake()
-        mqtt.request_presence()  # `mqtt` and `updater` are bound below, before any source thread starts
+        mqtt.request_presence()  # `mqtt`, `updater`, `in_force` are bound below, before any source thread starts
         manifest = content.current()
         updater.offer(manifest.release if manifest is not None else None)
+        in_force.settings_changed(manifest.settings if manifest is not None else None)
 
     def prepare() -> bool:
         return _verify_cache(content, clock, loop, lifecycle.set_aside)
@@ -204,8 +215,10 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
         sync=source.request_sync,
         restart=lambda: _request_restart(lifecycle, inbox),
         now=clock.now,
+        withdraw=lambda ids: _withdraw(player, withdrawn, clock, ids, mqtt),
+        recent_logs=ring.recent,
     ))
-    upload = _screenshot_uploader(client, config) if client is not None else None
+    upload = _uploader(client, config) if client is not None else None
     commands = RemoteCommands(dispatcher, command_log, keys, clock.now, upload,
                               on_dropped=lambda count, why: problems.report("commands", f"{count} command(s) dropped; "
                                                                                         f"last: {why}"),
@@ -249,16 +262,17 @@ def build(config: Config, identity: Identity | IdentityError | None = None) -> B
         records_summarised=outbox.summarised, errors=problems.current, source=source, reporter=reporter,
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
-        identity=_identity_status(identity), provision=provisioner,
+        identity=_identity_status(identity), provision=provisioner, settings=lambda: in_force.sources(),
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
+    in_force = ConfigInForce(config, lambda new, changed: _apply_edit(lifecycle, targets, new, changed),
+                             lambda found: _settings_problems(problems, found), changed_keys)
     config_watcher = ConfigWatcher(
-        Path(config.path), lambda: lifecycle.config,
-        lambda new, changed: _apply_edit(lifecycle, targets, new, changed),
+        Path(config.path), lambda: in_force.file_config, lambda new, changed: in_force.file_edited(new),
         lambda found: _config_refused(problems, found), stop) if config.path else None
     return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
-                 command_log, player, renderer, loop, client, source, reporter, mqtt, power, control, config_watcher,
-                 updater, enrolment, provisioner, status)
+                 withdrawn, command_log, player, renderer, loop, client, source, reporter, mqtt, power, control,
+                 config_watcher, updater, enrolment, provisioner, in_force, status)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -294,12 +308,13 @@ def run_board(board: Board) -> int:
         board.notifier.ready("splash on screen, loading content")
         for warning in config_warnings(config):
             log.warning("%s", warning)
-        lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.player, board.clock,
-                                       board.problems)
+        lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.withdrawn, board.player,
+                                       board.clock, board.problems)
         run_events.mark_running()
         services.start(board.writer)
         manifest = board.content.current()
         board.updater.offer(manifest.release if manifest is not None else None)
+        board.in_force.settings_changed(manifest.settings if manifest is not None else None)
         for part in (board.control, board.source, board.reporter, board.mqtt, board.power, board.config_watcher,
                      board.updater, board.provisioner):
             if part is not None:
@@ -328,8 +343,9 @@ def run_board(board: Board) -> int:
     return EXIT_RESTART if lifecycle.update_restart else EXIT_OK
 
 
-def run(config: Config) -> int:
-    """Build the agent from a validated config and play until stopped."""
+def run(config: Config, log_level: str | None = None) -> int:
+    """Build the agent from a validated config and play until stopped. `log_level` (from the
+    command line) wins over the config's `log_level`."""
     problem = storage_dir_problem(config.storage.dir)
     if problem:
         log.error("storage.dir: %s", problem)
@@ -344,8 +360,18 @@ def run(config: Config) -> int:
     except OSError as exc:
         identity = IdentityError(f"cannot read or make {Path(config.storage.dir) / 'identity.key'}: "
                                  f"{exc.strerror or exc}")
-    board = build(config, identity)
-    code = run_board(board)
+    logging.getLogger().setLevel(log_level or config.log_level)
+    ring = LogRing()
+    try:
+        ring.add_secret(config.token())  # also the MQTT password: never in a line the province can ask for
+    except (OSError, ValueError):
+        pass  # an unreadable token file is reported by the source that needs it
+    logging.getLogger().addHandler(ring)
+    try:
+        board = build(config, identity, ring, log_level_pinned=log_level is not None)
+        code = run_board(board)
+    finally:
+        logging.getLogger().removeHandler(ring)
     if board.lifecycle.exec_restart and code == EXIT_OK:
         # Same PID (systemd keeps tracking it), fresh process with the new config. -P: the
         # current directory never joins the import path (a planted agent/ there cannot run).
@@ -356,8 +382,8 @@ def run(config: Config) -> int:
 # --- what the parts ask of each other -----------------------------------------------------------
 
 
-def _restore(guard: StartGuard, content: Content, alerts: AlertStore, player: Player, clock: Clock,
-             problems: Problems) -> bool:
+def _restore(guard: StartGuard, content: Content, alerts: AlertStore, withdrawn: WithdrawnStore, player: Player,
+             clock: Clock, problems: Problems) -> bool:
     """At start, after the splash is on screen and before any service runs: the manifest and alerts
     back from disk (parsing only, quick). True when something was set aside after failed starts."""
     set_aside = guard.begin()
@@ -370,6 +396,10 @@ def _restore(guard: StartGuard, content: Content, alerts: AlertStore, player: Pl
         restored = []
     for alert in restored:
         player.add_alert(alert)
+    held, problem = withdrawn.load()
+    if problem:
+        problems.report("withdrawn", problem)
+    player.restore_withdrawn(held)
     return set_aside
 
 
@@ -430,6 +460,13 @@ def _clear_alerts(player: Player, alerts: AlertStore, clock: Clock, alert_id: st
     return cleared
 
 
+def _withdraw(player: Player, store: WithdrawnStore, clock: Clock, ids: list[str], mqtt: MqttSlot) -> list[str]:
+    found, withdrawn = player.withdraw(ids, clock.now(), time.monotonic())
+    store.save(withdrawn)
+    mqtt.request_presence()
+    return found
+
+
 def _set_screen_mode(player: Player, mode: ScreenMode, mqtt: MqttSlot) -> None:
     player.set_screen_mode(mode)
     mqtt.request_presence()
@@ -442,14 +479,14 @@ def _png(surface: pygame.Surface) -> bytes:
     return buffer.getvalue()
 
 
-def _screenshot_uploader(client: HttpClient, config: Config) -> Callable[[bytes, str], int]:
-    def upload(png: bytes, command_id: str) -> int:
-        """POST a PNG to the source (§2) for the `screenshot` command; returns its size."""
-        url = f"{config.source.url.rstrip('/')}/devices/{config.device.id}/screenshots"
-        reply = client.post(url, png, "image/png", 60, headers={"X-Command-Id": command_id})
+def _uploader(client: HttpClient, config: Config) -> Callable[[str, bytes, str, str], int]:
+    def upload(what: str, body: bytes, content_type: str, command_id: str) -> int:
+        """POST a command's answer to the source: `screenshots` (§2) or `logs` (§8); returns its size."""
+        url = f"{config.source.url.rstrip('/')}/devices/{config.device.id}/{what}"
+        reply = client.post(url, body, content_type, 60, headers={"X-Command-Id": command_id})
         if not 200 <= reply.status_code < 300:
-            raise client.http_error(reply, "screenshot")
-        return len(png)
+            raise client.http_error(reply, what)
+        return len(body)
     return upload
 
 
@@ -521,13 +558,27 @@ def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpS
     def restart_in_place(keys: set[str]) -> None:
         _restart_in_place(lifecycle, inbox)
 
+    def log_level(level: str) -> None:
+        if not lifecycle.log_level_pinned:
+            logging.getLogger().setLevel(level)
+
     return LiveTargets(poll_interval, report, outbox_limits, display, power_commands,
-                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place)
+                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place, log_level)
 
 
-def _apply_edit(lifecycle: Lifecycle, targets: LiveTargets, new: Config, changed: set[str]) -> None:
+def _apply_edit(lifecycle: Lifecycle, targets: LiveTargets, new: Config, changed: set[str]) -> bool:
+    """Put a changed config in force; False when the board restarts in place to take it."""
     if apply_edit(targets, new, changed):
         lifecycle.config = new
+        return True
+    return False
+
+
+def _settings_problems(problems: Problems, found: tuple[str, ...]) -> None:
+    if found:
+        problems.report("settings", found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+    else:
+        problems.resolve("settings")
 
 
 def _config_refused(problems: Problems, found: list[str]) -> None:

@@ -314,7 +314,24 @@ def parse_manifest(document: Mapping[str, Any], signed_by: str | None = None) ->
         audience=audience,
         signed_by=signed_by,
         release=_parse_release(top),
+        settings=_parse_settings(top),
     )
+
+
+MAX_SETTINGS_KEYS = 64
+
+
+def _parse_settings(top: _Reader) -> dict[str, Any] | None:
+    """The object as sent: which keys the board takes, and in what bounds, is agent/settings.py's
+    to say (a wrong value is ignored and reported there, never a reason to refuse the content)."""
+    if top.data.get("settings") is None:
+        return None
+    settings = top.data["settings"]
+    if not isinstance(settings, dict):
+        raise top.fail("settings", "an object of config keys", settings)
+    if len(settings) > MAX_SETTINGS_KEYS:
+        raise ManifestRejected(f"settings: {len(settings)} keys, over the limit of {MAX_SETTINGS_KEYS}")
+    return dict(settings)
 
 
 def _parse_release(top: _Reader) -> ReleaseRef | None:

@@ -7,8 +7,9 @@ these types; code inside trusts them. Nothing here does I/O.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 PRIORITIES: tuple[str, ...] = ("normal", "high", "emergency")
 """Priority classes, lowest first (thông thường / ưu tiên / khẩn cấp)."""
@@ -135,6 +136,9 @@ class Manifest:
     audience: tuple[str, ...] | None = None
     signed_by: str | None = None  # keyid of the key that verified it; None for a bare manifest
     release: ReleaseRef | None = None  # the agent release the board should run (§11); None = keep what it has
+    # Remote settings (§4, checked against the board's bounds in agent/settings.py); JSON values,
+    # so left out of the hash (manifests are compared, never hashed by their settings).
+    settings: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def media_by_id(self, media_id: str | None) -> Media | None:
         for media in self.media:

@@ -2,7 +2,7 @@
 
 Driven by the display loop: `update(now, mono)` applies the schedule's choice and returns the
 Scene to draw. Pure of I/O: one PlayRecord per showing goes to the record sink when the showing
-ends (completed or cut short: preempted, error, screen_off, shutdown, manifest_changed); in the
+ends (completed or cut short: preempted, error, screen_off, shutdown, manifest_changed, withdrawn); in the
 agent that sink is the disk writer, which commits off the display thread. Every call happens on
 the display thread; the control dispatcher posts its changes there too.
 """
@@ -22,6 +22,7 @@ from agent.health import Problems
 from agent.ids import new_ulid
 from agent.manifest import DEFAULT_TIMEZONE
 from agent.models import Alert, Item, Manifest, PlayRecord, Scene, ScreenMode
+from agent.withdrawn import MAX_WITHDRAWN, Withdrawn
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Player:
         self._ticker_manifest: Manifest | None = None
         self._ticker_text = ""
         self._events = ScreenEvents(outbox)  # lit/dark transitions and the sign of life, for the yearly report
+        self._withdrawn = Withdrawn(None, frozenset())  # items and ticker lines off until a higher serial
 
     # --- commands (display thread) ---------------------------------------------------------
 
@@ -93,6 +95,26 @@ class Player:
         if showing is not None and showing.alert is not None and showing.alert in ending:
             self._end(now, mono, completed=True, reason=None)
         return len(ending)
+
+    def withdraw(self, ids: Iterable[str], now: dt.datetime, mono: float) -> tuple[list[str], Withdrawn]:
+        """Take items and ticker lines off the screen until a manifest with a higher serial is
+        current (§8). Returns the ids the current manifest has, and what is withdrawn now (to save)."""
+        manifest = self._content.snapshot().manifest
+        known = {item.id for item in manifest.items} | {line.id for line in manifest.ticker} if manifest else set()
+        asked = list(dict.fromkeys(ids))
+        serial = manifest.serial if manifest is not None else None
+        held = self._withdrawn.ids if self._withdrawn.serial == serial else frozenset()
+        self._withdrawn = Withdrawn(serial, frozenset(list(held | set(asked))[:MAX_WITHDRAWN]))
+        self._choice_key = self._ticker_key = None  # decide again now, not at the next second
+        self._ticker_due = 0.0
+        showing = self._showing
+        if showing is not None and showing.item is not None and showing.item.id in self._withdrawn.ids:
+            self._end(now, mono, completed=False, reason="withdrawn")
+        log.warning("withdrawn until a manifest above serial %s: %s", serial, ", ".join(asked))
+        return [i for i in asked if i in known], self._withdrawn
+
+    def restore_withdrawn(self, withdrawn: Withdrawn) -> None:
+        self._withdrawn = withdrawn
 
     def set_screen_mode(self, mode: ScreenMode) -> None:
         if mode != self._screen_mode:
@@ -186,7 +208,11 @@ class Player:
         snapshot = self._content.snapshot()
         self._manifest_serial = snapshot.manifest.serial if snapshot.manifest is not None else None
         self._expire_alerts(now, mono)
-        unplayable = {item_id for item_id, until in self._retry_after.items() if until > mono}
+        withdrawn = self._withdrawn
+        if withdrawn.ids and self._manifest_serial is not None and (withdrawn.serial or 0) < self._manifest_serial:
+            log.info("a manifest above serial %s is current: withdrawn items may play again", withdrawn.serial)
+            self._withdrawn = withdrawn = Withdrawn(None, frozenset())
+        unplayable = {item_id for item_id, until in self._retry_after.items() if until > mono} | withdrawn.ids
         for item_id in [i for i, until in self._retry_after.items() if until <= mono]:
             del self._retry_after[item_id]
             self._problems.resolve(f"item:{item_id}")
@@ -240,14 +266,15 @@ class Player:
         item = showing.item
         assert item is not None
         manifest = snapshot.manifest
-        if manifest is not showing.manifest and (
-            manifest is None
-            or manifest.item_by_id(item.id) != item
-            or _media_of(manifest, item) != _media_of(showing.manifest, item)
-        ):
-            # Withdrawn or changed content leaves the screen at once.
-            self._end(now, mono, completed=False, reason="manifest_changed")
-            return
+        if manifest is not showing.manifest:
+            if manifest is None or manifest.item_by_id(item.id) is None:
+                # An item the new manifest no longer lists was withdrawn by the province: off at once.
+                self._end(now, mono, completed=False, reason="withdrawn")
+                return
+            if manifest.item_by_id(item.id) != item or _media_of(manifest, item) != _media_of(showing.manifest, item):
+                # Changed content leaves the screen at once too: the old words may be what was wrong.
+                self._end(now, mono, completed=False, reason="manifest_changed")
+                return
         if schedule.should_interrupt(item, choice):
             self._end(now, mono, completed=False, reason="preempted")
             return
@@ -307,7 +334,8 @@ class Player:
         if mono < self._ticker_due and self._ticker_manifest is manifest:
             return self._ticker_text
         self._ticker_due, self._ticker_manifest = mono + TICKER_EVERY_S, manifest
-        lines = schedule.active_ticker(manifest, now)
+        withdrawn = self._withdrawn.ids
+        lines = [line for line in schedule.active_ticker(manifest, now) if line.id not in withdrawn]
         key = (id(manifest), tuple(line.id for line in lines))
         if key != self._ticker_key:
             self._ticker_key = key

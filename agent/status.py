@@ -83,10 +83,12 @@ class Status:
     update: Mapping[str, Any]
     identity: Mapping[str, Any]
     provision: Mapping[str, Any] | None = None
+    settings: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.heartbeat.to_json(), "update": dict(self.update), "identity": dict(self.identity),
                 "provision": dict(self.provision) if self.provision is not None else None,
+                "settings": dict(self.settings or {}),
                 "screen_mode": self.screen_mode,
                 "source": self.source,
                 "sync": dict(self.sync), "report": dict(self.report) if self.report is not None else None,
@@ -129,6 +131,7 @@ class StatusParts:
     update: Callable[[], Mapping[str, Any]]
     identity: Mapping[str, Any]  # {"fingerprint", "public_key"} or {"error"}: fixed for the run
     provision: Health | None = None
+    settings: Callable[[], Mapping[str, Any]] = dict  # remote-settable keys: value and where it comes from
 
 
 class StatusBuilder:
@@ -182,6 +185,7 @@ class StatusBuilder:
             update=parts.update(),
             identity=parts.identity,
             provision=parts.provision.health() if parts.provision is not None else None,
+            settings=parts.settings(),
         )
 
 

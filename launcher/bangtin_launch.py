@@ -290,10 +290,12 @@ def exec_agent(state: Path, base: Path, arguments: list[str]) -> int:
         release = link.resolve(strict=True)
     except OSError:
         release = base
-    if not (release / "bin" / "bangtin-agent").exists():
+    if not (release / "bin" / "python").exists():
         release = base
-    program = release / "bin" / "bangtin-agent"
-    os.execv(str(program), [str(program), *arguments])
+    # `python -m agent`, not the venv's `bin/bangtin-agent`: a venv is built under a temporary name
+    # and renamed into place, and its console scripts' #! lines still name the temporary path.
+    program = release / "bin" / "python"
+    os.execv(str(program), [str(program), "-P", "-m", "agent", *arguments])
     return 1  # not reached
 
 
@@ -308,9 +310,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="seconds a release on trial has to reach READY (keep it below TimeoutStartSec)")
     agent = commands.add_parser("agent")
     agent.add_argument("arguments", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    if args.command == "agent":
-        return exec_agent(args.state, args.base, args.arguments)
+    arguments = sys.argv[1:] if argv is None else argv
+    if "agent" in arguments:
+        # Everything after `agent` is the agent's, options too (`bangtin-agent --version`), which
+        # argparse's REMAINDER would take for the launcher's own.
+        split = arguments.index("agent")
+        args = parser.parse_args([*arguments[:split], "agent"])
+        return exec_agent(args.state, args.base, arguments[split + 1:])
+    args = parser.parse_args(arguments)
     return Launcher(args.config, args.state, args.base, sys.executable, args.ready_timeout).run()
 
 

@@ -31,6 +31,8 @@ class Screen:
         self.mode = "auto"
         self.syncs = 0
         self.restarts = 0
+        self.items = ["i1", "t1"]  # what the current manifest holds
+        self.log_lines = [f"line {n}" for n in range(10)]
 
     def actions(self, now: dt.datetime) -> Actions:
         def on_display(work: Callable[[], Any]) -> concurrent.futures.Future[Any]:
@@ -47,7 +49,9 @@ class Screen:
                        add_alert=self.alerts.append, clear_alerts=clear,
                        set_screen_mode=lambda mode: setattr(self, "mode", mode), screenshot_png=lambda: b"\x89PNG",
                        sync=lambda: setattr(self, "syncs", self.syncs + 1),
-                       restart=lambda: setattr(self, "restarts", self.restarts + 1), now=lambda: now)
+                       restart=lambda: setattr(self, "restarts", self.restarts + 1), now=lambda: now,
+                       withdraw=lambda ids: [i for i in ids if i in self.items],
+                       recent_logs=lambda count: self.log_lines[-count:])
 
 
 def test_dispatcher_validates_every_request_and_never_raises() -> None:
@@ -139,8 +143,13 @@ def test_changed_keys_and_which_edits_apply_live() -> None:
         poll_interval=lambda s: calls.append(f"poll {s}"), report=lambda *a: calls.append("report"),
         outbox_limits=lambda *a: calls.append("outbox"), display=lambda fps, *a: calls.append(f"fps {fps}"),
         power_commands=lambda *a: calls.append("power"), mqtt=lambda new: calls.append(f"mqtt {new.mqtt.url}"),
-        restart_in_place=lambda keys: calls.append(f"restart {sorted(keys)}"))
+        restart_in_place=lambda keys: calls.append(f"restart {sorted(keys)}"),
+        log_level=lambda level: calls.append(f"log {level}"))
     assert apply_edit(targets, hot, changed_keys(old, hot)) is True
+    assert "log INFO" in calls
+    quieter = dataclasses.replace(old, log_level="WARNING")
+    assert changed_keys(old, quieter) == {"log_level"} and apply_edit(targets, quieter, {"log_level"}) is True
+    assert calls[-1] == "log WARNING"
     assert "fps 15" in calls and "mqtt mqtt://b:1883" in calls and not any(c.startswith("restart") for c in calls)
     calls.clear()
     assert apply_edit(targets, cold, changed_keys(old, cold)) is False

@@ -402,3 +402,33 @@ def test_a_stop_during_a_trial_is_not_a_failure_and_a_restart_request_starts_aga
     launch.start()
     wait_for(lambda: runs(release) >= 3, timeout=10, what="the launcher starting it again on 75")
     assert launch.process is not None and launch.process.poll() is None
+
+
+def test_the_technicians_command_runs_the_current_release_even_after_its_venv_was_renamed(tmp_path: Path) -> None:
+    """`bangtin-agent …` on a board goes through the launcher to the release that runs now. A venv is
+    built under a temporary name and renamed: its console scripts would name the old path, so the
+    launcher runs `bin/python -m agent` (the system test found `bin/bangtin-agent` failing)."""
+    def release(name: str) -> Path:
+        folder = tmp_path / "opt" / name
+        (folder / "bin").mkdir(parents=True)
+        (folder / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this venv's python
+        (folder / "bin" / "python").chmod(0o755)
+        (folder / "bin" / "bangtin-agent").write_text("#!/nonexistent/.0.building/bin/python\n")
+        (folder / "bin" / "bangtin-agent").chmod(0o755)
+        return folder
+
+    base, newer = release("0"), release("7")
+    state = tmp_path / "state"
+    (state / "update").mkdir(parents=True)
+
+    def technician(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(LAUNCHER), "--state", str(state), "--base", str(base), "agent",
+                               *arguments], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    first = technician("--version")
+    assert first.returncode == 0 and first.stdout.startswith("bangtin-agent "), first.stderr
+    os.symlink(newer, state / "update" / "current")
+    assert technician("--version").returncode == 0
+    os.unlink(state / "update" / "current")
+    os.symlink(tmp_path / "opt" / "gone", state / "update" / "current")  # a release removed by hand: the base runs
+    assert technician("--version").returncode == 0

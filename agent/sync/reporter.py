@@ -101,7 +101,8 @@ class Reporter:
 
     def health(self) -> dict[str, Any]:
         return {"uploaded_records": self.uploaded_records, "last_upload_ok_at": self.last_upload_ok_at,
-                "last_heartbeat_ok_at": self.last_heartbeat_ok_at}
+                "last_heartbeat_ok_at": self.last_heartbeat_ok_at, "heartbeat_interval_s": self._heartbeat_interval_s,
+                "upload_interval_s": self._upload_interval_s}
 
     status = health
 
