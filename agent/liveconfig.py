@@ -115,6 +115,7 @@ class ConfigWatcher:
         handler = _Touched(self._path, self._wake, lambda: self._watch_dropins(handler))
         self._observer = start_watching(self._path.parent, handler, "config-watch", recursive=False)
         self._watch_dropins(handler)
+        self._wake.set()  # read once now: an edit made while the agent was starting is not missed
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 

@@ -56,6 +56,7 @@ from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
 from agent.provision import DROP_FOLDER, NOTICE_S, Provisioner
+from agent.screenhealth import ScreenHealth
 from agent.service import Services
 from agent.settings import ConfigInForce
 from agent.startguard import StartGuard
@@ -246,6 +247,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
             today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng)
     control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
+    screen_health = ScreenHealth(lambda: renderer.frames, problems)
     provision_keys = load_trusted_keys(config.security.provision_keys)
     enrolment = EnrolmentScreen(loop.post, renderer.set_enrolment, renderer.set_notice, problems,
                                 None if config.enrolled else _enrolment_card(config, board_key, bool(provision_keys)),
@@ -263,6 +265,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
         identity=_identity_status(identity), provision=provisioner, settings=lambda: in_force.sources(),
+        screen_health=lambda since_last: screen_health.read(since_last=since_last),
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
     in_force = ConfigInForce(config, lambda new, changed: _apply_edit(lifecycle, targets, new, changed),

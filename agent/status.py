@@ -51,10 +51,11 @@ class Heartbeat:
     outbox_summarised: int = 0  # records folded into daily summaries by the cap (0: left out)
     update: Mapping[str, Any] | None = None  # §11, when self-update is on
     board_key: str | None = None  # §12: the board's public key (base64), when it has one
+    display: Mapping[str, Any] | None = None  # screen health: connectors, CEC power, frames since the last one
 
     def to_json(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("readings", "outbox_summarised", "update", "board_key")}
+                if f.name not in ("readings", "outbox_summarised", "update", "board_key", "display")}
         body["cache"] = dataclasses.asdict(self.cache)
         body["errors"] = list(self.errors)
         body.update(self.readings)
@@ -64,6 +65,8 @@ class Heartbeat:
             body["update"] = dict(self.update)
         if self.board_key is not None:
             body["board_key"] = self.board_key
+        if self.display is not None:
+            body["display"] = dict(self.display)
         return body
 
 
@@ -132,6 +135,7 @@ class StatusParts:
     identity: Mapping[str, Any]  # {"fingerprint", "public_key"} or {"error"}: fixed for the run
     provision: Health | None = None
     settings: Callable[[], Mapping[str, Any]] = dict  # remote-settable keys: value and where it comes from
+    screen_health: Callable[[bool], Mapping[str, Any]] | None = None  # (since the last heartbeat?) → display
 
 
 class StatusBuilder:
@@ -166,20 +170,24 @@ class StatusBuilder:
             outbox_summarised=parts.records_summarised(),
             update=parts.update(),
             board_key=parts.identity.get("public_key"),
+            # A heartbeat counts frames since the one before; `ctl status` only looks.
+            display=parts.screen_health(with_readings) if parts.screen_health is not None else None,
         )
 
     def status(self) -> Status:
         parts = self._parts
         screen = parts.screen()
+        heartbeat = self.heartbeat(with_readings=False)
+        health = {k: v for k, v in (heartbeat.display or {}).items() if k != "frames"}  # frames: the total below
         return Status(
-            heartbeat=self.heartbeat(with_readings=False),
+            heartbeat=heartbeat,
             screen_mode=screen.screen_mode,
             source=parts.source_url,
             sync=parts.source.health(),
             report=parts.reporter.health() if parts.reporter is not None else None,
             mqtt=parts.mqtt.health() if parts.mqtt is not None else None,
             alerts=[{"id": a.id, "title": a.title, "until": a.until.isoformat()} for a in screen.alerts],
-            display={**parts.display(), "frame_ms": dict(screen.frame_ms),
+            display={**health, **parts.display(), "frame_ms": dict(screen.frame_ms),
                      "video": dict(screen.video) if screen.video is not None else None},
             storage=parts.storage(),
             update=parts.update(),

@@ -41,3 +41,69 @@ def test_throttle_flags_decode() -> None:
     assert hardware.decode_throttled(0x50005) == ["under_voltage", "throttled", "under_voltage_occurred",
                                                   "throttling_occurred"]
     assert hardware.decode_throttled(0) == []
+
+
+# --- screen health (heartbeat `display`) -------------------------------------------------------------
+
+CEC_REPLY = """Transmit from Playback Device 1 to TV (4 to 0):
+CEC_MSG_GIVE_DEVICE_POWER_STATUS (0x8f)
+\tSequence: 12 Tx Timestamp: 12345.678s Rx Timestamp: 12345.912s
+\tReceived from TV (0):
+CEC_MSG_REPORT_POWER_STATUS (0x90):
+\tpwr-state: standby (0x01)
+"""
+
+
+def drm_tree(root: Path, **connectors: tuple[str, str]) -> None:
+    for name, (status, modes) in connectors.items():
+        folder = root / "sys/class/drm" / f"card1-{name}"
+        folder.mkdir(parents=True)
+        (folder / "status").write_text(status + "\n")
+        (folder / "modes").write_text(modes)
+    (root / "sys/class/drm/card1").mkdir(parents=True, exist_ok=True)  # the card itself is no connector
+    (root / "sys/class/drm/version").write_text("drm 1.1.0 20060810\n")
+
+
+def test_screen_health_reads_connectors_cec_and_frames(tmp_path: Path) -> None:
+    from agent.health import Problems
+    from agent.screenhealth import ScreenHealth
+
+    drm_tree(tmp_path, **{"HDMI-A-1": ("connected", "1920x1080\n1280x720\n"), "HDMI-A-2": ("disconnected", ""),
+                          "Writeback-1": ("unknown", "")})
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "cec0").write_text("")
+    frames = [100]
+    asked: list[list[str]] = []
+    problems = Problems()
+    clock = [0.0]
+    health = ScreenHealth(lambda: frames[0], problems, root=tmp_path,
+                          run=lambda command: asked.append(command) or CEC_REPLY, mono=lambda: clock[0])
+    frames[0] = 130
+    beat = health.read(since_last=True)
+    assert beat == {"frames": 30, "cec_power": "standby",
+                    "connectors": [{"name": "HDMI-A-1", "status": "connected", "mode": "1920x1080"},
+                                   {"name": "HDMI-A-2", "status": "disconnected", "mode": None}]}
+    assert asked == [["cec-ctl", "--to", "0", "--give-device-power-status"]]
+    frames[0] = 135
+    assert health.read(since_last=False)["frames"] == 5 and health.read(since_last=True)["frames"] == 5
+    assert len(asked) == 1  # the TV is asked again only after CEC_EVERY_S
+    clock[0] = 301.0
+    health.read(since_last=True)
+    assert len(asked) == 2
+    assert problems.current() == []
+
+    (tmp_path / "sys/class/drm/card1-HDMI-A-1/status").write_text("disconnected\n")  # the cable pulled
+    health.read(since_last=True)
+    assert problems.current() == ["screen disconnected: no display on HDMI-A-1 (disconnected), "
+                                  "HDMI-A-2 (disconnected)"]
+    (tmp_path / "sys/class/drm/card1-HDMI-A-1/status").write_text("connected\n")
+    health.read(since_last=True)
+    assert problems.current() == []
+
+
+def test_a_board_without_drm_or_cec_says_only_its_frames(tmp_path: Path) -> None:
+    from agent.health import Problems
+    from agent.screenhealth import ScreenHealth
+
+    health = ScreenHealth(lambda: 7, Problems(), root=tmp_path, run=lambda command: CEC_REPLY)
+    assert health.read(since_last=True) == {"frames": 0}
