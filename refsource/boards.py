@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class BoardKeys:
     keys: dict[str, str] = field(default_factory=dict)  # device id → base64 public key
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     registry: Path | None = None
+    on_conflict: Callable[[dict[str, Any]], None] | None = None  # e.g. kept in the site for the report
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -81,6 +83,8 @@ class BoardKeys:
             if self.registry is not None:  # the province's record of clones, beside its registry
                 with self.registry.with_suffix(".conflicts.jsonl").open("a") as handle:
                     handle.write(json.dumps(entry) + "\n")
+        if self.on_conflict is not None:
+            self.on_conflict(entry)
         message = f"board key conflict for {device}: {why} (a cloned SD card?)"
         log.warning("%s; key %s", message, fingerprint)
         return message

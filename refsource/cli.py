@@ -156,6 +156,7 @@ def load_site(site: Path, state: SourceState) -> None:
         if file.is_file():
             state.media[f"{state.base_path.rstrip('/')}/releases/{file.relative_to(releases).as_posix()}"] = file
     state.site = site  # uploads are kept in the site (and records already there are not taken twice)
+    state.board_keys.on_conflict = lambda conflict: uploads.append_conflict(site, conflict)
     for folder in uploads.devices(site):
         for record in uploads.read_records(folder):
             state.playlogs.setdefault(str(record.get("id")), record)

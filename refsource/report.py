@@ -72,7 +72,28 @@ def build(site: Path, date_from: str | None, date_to: str | None, *, now: dt.dat
     return {"from": date_from, "to": date_to, "generated_at": now.isoformat(timespec="seconds"),
             "silent_hours": silent_hours, "boards": [b["row"] for b in boards], "totals": totals,
             "silent": [b["row"]["board"] for b in boards if b["row"]["silent"]],
+            "conflicts": [_conflict_row(c) for c in uploads.read_conflicts(site) if _in_period(c, date_from, date_to)],
             "reports": {b["row"]["board"]: b["report"] for b in boards}}
+
+
+VIETNAM = dt.timezone(dt.timedelta(hours=7))
+
+
+def _conflict_at(conflict: dict[str, Any]) -> dt.datetime | None:
+    at = conflict.get("at")
+    return dt.datetime.fromtimestamp(at, VIETNAM) if isinstance(at, (int, float)) else None
+
+
+def _in_period(conflict: dict[str, Any], date_from: str | None, date_to: str | None) -> bool:
+    at = _conflict_at(conflict)
+    day = at.date().isoformat() if at is not None else None
+    return day is None or ((date_from is None or day >= date_from) and (date_to is None or day <= date_to))
+
+
+def _conflict_row(conflict: dict[str, Any]) -> dict[str, Any]:
+    at = _conflict_at(conflict)
+    return {"device": str(conflict.get("device", "")), "keyid": str(conflict.get("keyid", "")),
+            "why": str(conflict.get("why", "")), "at": at.isoformat(timespec="seconds") if at is not None else None}
 
 
 def format_province(province: dict[str, Any], kind: str) -> str:

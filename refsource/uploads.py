@@ -3,6 +3,8 @@
   <site>/devices/<device>/playlogs.jsonl   every record received (§5, events included), one JSON per line,
                                            each once (records are de-duplicated by id: §2)
   <site>/devices/<device>/heartbeat.json   the last heartbeat, with `received_at` (the source's clock)
+  <site>/board-conflicts.jsonl             bodies refused because another key signed them (PROTOCOL.md §12):
+                                           a cloned SD card or a stolen token
 
 Appends are flushed before the 2xx goes back, so an acknowledged record is in the file. Device ids
 come from the URL, so only well-formed ones name a folder.
@@ -20,6 +22,7 @@ from typing import Any
 
 DEVICE_ID = re.compile(r"[a-z0-9._-]{1,64}")
 PLAYLOGS = "playlogs.jsonl"
+CONFLICTS = "board-conflicts.jsonl"
 HEARTBEAT = "heartbeat.json"
 
 
@@ -82,3 +85,24 @@ def devices(site: Path) -> list[Path]:
     """Every board the site knows: published to, or heard from."""
     root = site / "devices"
     return sorted(p for p in root.iterdir() if p.is_dir() and DEVICE_ID.fullmatch(p.name)) if root.is_dir() else []
+
+
+def append_conflict(site: Path, conflict: dict[str, Any]) -> None:
+    with (site / CONFLICTS).open("a", encoding="utf-8") as out:
+        out.write(json.dumps(conflict, ensure_ascii=False) + "\n")
+
+
+def read_conflicts(site: Path) -> list[dict[str, Any]]:
+    try:
+        lines = (site / CONFLICTS).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found

@@ -132,3 +132,32 @@ def test_the_source_keeps_uploads_across_its_restarts_each_record_once(tmp_path:
     assert (tmp_path / "devices" / "b1" / "playlogs.jsonl").read_text().count("\n") == 1
     assert uploads.read_heartbeat(tmp_path / "devices" / "b1")["received_at"]  # type: ignore[index]
     assert sorted(p.name for p in (tmp_path / "devices").iterdir()) == ["b1"]
+
+
+def test_a_cloned_board_shows_up_in_the_province_report(tmp_path: Path) -> None:
+    """The source refuses a body signed by another key for a known board and keeps the conflict in
+    the site; the province's report lists it (json and html)."""
+    from agent.identity import load_or_create
+    from agent.sync.client import ClientSettings, HttpClient
+
+    site = tmp_path / "site"
+    site.mkdir()
+    state = SourceState(base_path="/api")
+    load_site(site, state)
+    server = ReferenceServer(("127.0.0.1", 0), state).start()
+    try:
+        for storage in ("board", "clone"):
+            identity = load_or_create(tmp_path / storage)
+            client = HttpClient(ClientSettings(server.base_url, None, None, "bangtin-agent/test"),
+                                signer=identity.signature_header)
+            body = json.dumps({"device": "b1", "board_key": identity.public_b64}).encode()
+            status = client.post(f"{server.base_url}/devices/b1/heartbeat", body, "application/json", 10).status_code
+            assert status == (204 if storage == "board" else 409)
+            client.close()
+    finally:
+        server.stop()
+    province = build(site, None, None, now=dt.datetime.now(dt.UTC))
+    clone = load_or_create(tmp_path / "clone")
+    assert [(c["device"], c["keyid"]) for c in province["conflicts"]] == [("b1", clone.fingerprint)]
+    html = refsource("report", "--site", str(site), "--format", "html")
+    assert "Nghi sao chép thẻ nhớ" in html and clone.fingerprint in html
