@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from agent.config import ConfigError, dropin_dir, load_config, load_config_with
+from agent.config import ConfigError, dropin_dir, key_annotation, load_config, load_config_with
 from agent.envelope import PROVISION_PAYLOAD_TYPE, TrustedKey, open_envelope
 from agent.files import atomic_write
 from agent.limits import clip, show_value
@@ -173,12 +173,32 @@ def open_bundle(raw: bytes, path: Path, keys: Sequence[TrustedKey], own_key_b64:
     for section, why in NOT_FROM_BUNDLES.items():
         if section in config:
             raise BundleRefused("config", f"{path}: config.{section}: {why}")
+    relative = _relative_paths(config)
+    if relative:
+        raise BundleRefused("config", f"{path}: config.{relative[0]}: a bundle's file paths must be absolute "
+                                      "(a relative one would name a file on the stick)")
     sha256 = hashlib.sha256(raw).hexdigest()
     if serial == applied.serial and sha256 == applied.sha256:
         return None
     if serial <= applied.serial:
         raise BundleRefused("serial", f"{path}: serial {serial} is not above the applied serial {applied.serial}")
     return Bundle(serial, board_key, config, sha256, opened.signed_by or "", path)
+
+
+def _relative_paths(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in config.items():
+        key_path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found.extend(_relative_paths(value, key_path + "."))
+            continue
+        try:
+            _, fld = key_annotation(key_path)
+        except KeyError:
+            continue  # an unknown key: the config check names it
+        if fld.metadata.get("path") and isinstance(value, str) and value and not os.path.isabs(value):
+            found.append(key_path)
+    return found
 
 
 def _same_key(board_key: object, own_key_b64: str | None) -> bool:

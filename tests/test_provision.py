@@ -152,6 +152,9 @@ def test_a_bundle_that_moves_storage_or_would_not_load_is_refused(tmp_path: Path
     moved = refusal_for(tmp_path, board_dir, public_key_b64, bundle(tmp_path, settings=("storage.dir=/tmp/elsewhere",)))
     assert moved.kind == "config" and "may not move storage.dir" in str(moved)
     (board_dir / "state" / "provision" / "bundle.json").unlink()
+    on_the_stick = refusal_for(tmp_path, board_dir, public_key_b64, bundle(tmp_path, settings=("source.ca_file=ca.pem",)))
+    assert "config.source.ca_file: a bundle's file paths must be absolute" in str(on_the_stick)
+    (board_dir / "state" / "provision" / "bundle.json").unlink()
     broken = refusal_for(tmp_path, board_dir, public_key_b64, bundle(tmp_path, settings=("source.poll_interval_s=2",)))
     assert broken.kind == "config"
     assert "bundle.json: source.poll_interval_s: expected a number >= 10, found 2" in str(broken)
