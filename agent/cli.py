@@ -165,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_identity(config: Config, as_json: bool) -> int:
-    from agent.identity import IdentityError, load_or_create
+    from agent.identity import IdentityError, load_or_create, machine_id
 
     try:
-        identity = load_or_create(Path(config.storage.dir))
+        identity = load_or_create(Path(config.storage.dir), machine_id())
     except (IdentityError, OSError) as exc:
         print(f"bangtin-agent identity: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -216,14 +216,16 @@ def control_socket(path: Path) -> Path | None:
         return Path(load_config(path).control.socket)
     except ConfigError as exc:
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            print(exc, file=sys.stderr)  # no file to read: nothing names a socket
+            return None
+        try:
+            raw = yaml.safe_load(text)
             socket = raw["control"]["socket"] if isinstance(raw, dict) and isinstance(raw.get("control"), dict) else None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError):
+        except yaml.YAMLError:
             socket = None
         if not isinstance(socket, str):
-            if "cannot read config" in str(exc):
-                print(exc, file=sys.stderr)
-                return None
             socket = ControlConfig().socket
         print(_("warning: {path} has problems (see check-config); asking the agent on {socket}").format(
             path=path, socket=socket), file=sys.stderr)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 REMEMBER_IDS_DAYS = 30  # longer than the longest lifetime a signed command may have (7 days)
 MAX_LIFETIME = dt.timedelta(days=7)
 REMOTE_COMMANDS = tuple(c for c in COMMANDS if c != "status")
+UPLOAD_EVERY_S = 60.0
 
 
 class CommandLog:
@@ -166,6 +167,7 @@ class RemoteCommands:
         self._on_dropped = on_dropped
         self._device_id = device_id
         self._groups = tuple(groups)
+        self._last_upload: dict[str, float] = {}  # command → monotonic time of its last upload
         self.dropped = 0
 
     def drop(self, why: str) -> None:
@@ -206,7 +208,8 @@ class RemoteCommands:
         return ack
 
     def _upload_answer(self, command: Command, ack: dict[str, Any]) -> dict[str, Any]:
-        """`screenshot` and `logs` answer with a POST to the source (§2, §8); the ack carries its size."""
+        """`screenshot` and `logs` answer with a POST to the source (§2, §8); the ack carries its size.
+        At most one of each a minute: up to 2 MiB each, on a metered SIM."""
         if self._upload is None:
             ack["error"] = f"no HTTP source to upload the {command.command} to"
             return ack
@@ -214,6 +217,11 @@ class RemoteCommands:
         if not response.get("ok"):
             ack["error"] = response.get("error")
             return ack
+        wait = self._last_upload.get(command.command, -UPLOAD_EVERY_S) + UPLOAD_EVERY_S - time.monotonic()
+        if wait > 0:
+            ack["error"] = f"{command.command}: at most one upload a minute; try again in {wait:.0f} s"
+            return ack
+        self._last_upload[command.command] = time.monotonic()
         result = response["result"]
         if command.command == "screenshot":
             what, body, content_type = "screenshots", base64.b64decode(result["png_base64"]), "image/png"

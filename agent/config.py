@@ -504,7 +504,14 @@ def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
             data = _merge(data, overlay or {})
             origins.update({key: (overlay_origin or dropin, 0) for key in _key_paths_in(overlay or {})})
             continue
-        mode = dropin.stat().st_mode
+        try:
+            mode = os.stat(dropin).st_mode  # a link is followed: a technician may link a shared file in
+        except OSError as exc:
+            problems.append(_("{path}: cannot read config: {reason}").format(path=dropin, reason=exc.strerror or exc))
+            continue
+        if not stat.S_ISREG(mode):
+            problems.append(_("{path}: not a regular file").format(path=dropin))  # a FIFO would hang every reader
+            continue
         if mode & 0o022:
             problems.append(_("{path}: others may change this config drop-in (mode {mode}; chmod go-w {path})").format(
                 path=dropin, mode=f"{stat.S_IMODE(mode):04o}"))
@@ -534,7 +541,7 @@ def _explicit_keys(data: Mapping[str, Any]) -> frozenset[str]:
 
 
 def config_from_mapping(data: Mapping[str, Any], file_path: Path,
-                        origins: Mapping[str, tuple[Path, int]] | None = None) -> Config:
+                        origins: Mapping[str, tuple[Path, int]] | None = None, *, on_this_machine: bool = True) -> Config:
     """Validate an already-parsed mapping (the demo builds one in memory). `origins` says where each
     key path was written, for messages; keys without one are reported against `file_path`."""
     problems: list[str] = []
@@ -559,7 +566,7 @@ def config_from_mapping(data: Mapping[str, Any], file_path: Path,
         return (origin[0] if origin else file_path).resolve().parent
 
     config = _build(Config, data, "", report, base_dir)
-    if not problems:
+    if not problems and on_this_machine:  # files named in it exist here (not so for a bundle made for a board)
         problems.extend(_cross_checks(config, where))
     if problems:
         raise ConfigError(problems)

@@ -161,6 +161,7 @@ class EnrolmentScreen:
         self._notice_s = notice_s
         self._addresses = addresses
         self._notice_timer: threading.Timer | None = None
+        self._words_shown: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -186,12 +187,17 @@ class EnrolmentScreen:
             self._post(lambda: self._show_card(card))
 
     def refused(self, refusal: RefusalLike | None) -> None:
+        """Called at every scan while a refusal lasts: `errors` keeps it (never forgotten while the
+        file is there); the screen changes only when the words do."""
         if refusal is None:
             self._problems.resolve("provision")
         else:
             self._problems.report("provision", f"provisioning bundle refused: {refusal}")
         words = refusal.on_screen if refusal is not None else None
         with self._lock:
+            if words == self._words_shown:
+                return
+            self._words_shown = words
             card = self._card
             if card is not None:
                 self._card = card = dataclasses.replace(card, refusal=words)

@@ -38,13 +38,13 @@ class LogRing(logging.Handler):
                 self._secrets = sorted({*self._secrets, secret}, key=len, reverse=True)
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Whatever is in a line (a file name from a stranger's USB stick that is not UTF-8, a bad
+        # format string), the caller's log call must not raise: it may be a scan, the display loop.
         try:
-            text = self.format(record)
-        except Exception:  # noqa: BLE001 — a bad format string in a log call must not break logging
+            for line in self.clean(self.format(record)).splitlines() or [""]:
+                self._append(line[:MAX_LINE_CHARS].encode("utf-8", "backslashreplace").decode("utf-8"))
+        except Exception:  # noqa: BLE001 — see above
             self.handleError(record)
-            return
-        for line in self.clean(text).splitlines() or [""]:
-            self._append(line[:MAX_LINE_CHARS])
 
     def clean(self, text: str) -> str:
         with self._ring_lock:

@@ -45,7 +45,7 @@ from agent.enrolment import EnrolmentCard, EnrolmentScreen, NoSource, qr_text, w
 from agent.envelope import load_trusted_keys
 from agent.events import RunEvents, manifest_changed, stop_reason
 from agent.health import Problems
-from agent.identity import Identity, IdentityError
+from agent.identity import Identity, IdentityError, machine_id
 from agent.identity import load_or_create as load_identity
 from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit, changed_keys
 from agent.logring import LogRing
@@ -136,6 +136,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
     problems = Problems()
     if isinstance(identity, IdentityError):
         problems.report("identity", f"board identity: {identity}")
+    elif isinstance(identity, Identity) and identity.replaced:
+        problems.report("identity", f"board identity: {identity.replaced}")
     board_key = identity if isinstance(identity, Identity) else None
     clock = Clock(report=lambda problem: problems.report("clock", problem) if problem else problems.resolve("clock"))
     notifier = Notifier()
@@ -226,7 +228,9 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                               device_id=config.device.id, groups=config.device.groups)
 
     def make_link(mqtt_settings: MqttSettings, link_stop: threading.Event) -> MqttLink:
-        return MqttLink(mqtt_settings, commands.handle, lambda: status.heartbeat().to_json(), link_stop, rng,
+        # Presence updates are not the periodic heartbeat (unless no HTTP reporter sends one).
+        return MqttLink(mqtt_settings, commands.handle,
+                        lambda: status.heartbeat(count_frames=client is None).to_json(), link_stop, rng,
                         refresh_s=None if client is not None else config.report.heartbeat_interval_s,
                         on_refused=commands.drop)
 
@@ -245,7 +249,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
             device_id=config.device.id, outbox=outbox, heartbeat=lambda: status.heartbeat().to_json(),
             problems=problems, stop=stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
-            today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng)
+            today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng,
+            board_key=board_key.public_b64 if board_key is not None else None)
     control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
     screen_health = ScreenHealth(lambda: renderer.frames, problems)
     provision_keys = load_trusted_keys(config.security.provision_keys)
@@ -255,7 +260,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
     provisioner = Provisioner(
         Path(config.path), storage / DROP_FOLDER, provision_keys, board_key.public_b64 if board_key else None, stop,
         applied_restart=lambda bundle: _restart_in_place(lifecycle, inbox), refused=enrolment.refused, now=clock.now,
-        every_scan=enrolment.refresh) if config.path else None
+        every_scan=enrolment.refresh, current=config) if config.path else None
     status = StatusBuilder(StatusParts(
         device_id=config.device.id, source_url=config.source.url, storage_dir=storage, cache_limit_bytes=cache_limit,
         started_mono=started, now=clock.now, clock_offset=lambda: clock.offset_s,
@@ -357,7 +362,7 @@ def run(config: Config, log_level: str | None = None) -> int:
              os.getpid())
     identity: Identity | IdentityError
     try:
-        identity = load_identity(Path(config.storage.dir))
+        identity = load_identity(Path(config.storage.dir), machine_id())
     except IdentityError as exc:
         identity = exc
     except OSError as exc:

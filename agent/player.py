@@ -104,7 +104,8 @@ class Player:
         asked = list(dict.fromkeys(ids))
         serial = manifest.serial if manifest is not None else None
         held = self._withdrawn.ids if self._withdrawn.serial == serial else frozenset()
-        self._withdrawn = Withdrawn(serial, frozenset(list(held | set(asked))[:MAX_WITHDRAWN]))
+        kept = [*asked, *(i for i in held if i not in asked)][:MAX_WITHDRAWN]  # what was just asked is kept first
+        self._withdrawn = Withdrawn(serial, frozenset(kept))
         self._choice_key = self._ticker_key = None  # decide again now, not at the next second
         self._ticker_due = 0.0
         showing = self._showing

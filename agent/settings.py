@@ -35,9 +35,10 @@ def _few_windows(value: tuple[tuple[str, str], ...]) -> str | None:
 
 # The keys the province may set, with the board's bounds on top of the config file's own checks.
 REMOTE_KEYS: dict[str, Callable[[Any], str | None] | None] = {
-    "source.poll_interval_s": _between(30, 86400),
-    "report.heartbeat_interval_s": _between(30, 86400),
-    "report.upload_interval_s": _between(10, 86400),
+    # At most an hour: a leaked content key must not be able to make a board deaf to its province for a day.
+    "source.poll_interval_s": _between(30, 3600),
+    "report.heartbeat_interval_s": _between(30, 3600),
+    "report.upload_interval_s": _between(10, 3600),
     "display.fps": _between(1, 60),
     "display.crossfade_ms": _between(0, 2000),
     "log_level": None,

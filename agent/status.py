@@ -142,7 +142,9 @@ class StatusBuilder:
     def __init__(self, parts: StatusParts) -> None:
         self._parts = parts
 
-    def heartbeat(self, *, with_readings: bool = True) -> Heartbeat:
+    def heartbeat(self, *, with_readings: bool = True, count_frames: bool | None = None) -> Heartbeat:
+        """The §6 heartbeat. `count_frames` (default: `with_readings`) starts counting the frames
+        presented afresh: only the periodic heartbeat does, not a presence update or `ctl status`."""
         parts = self._parts
         screen = parts.screen()
         manifest, verified = parts.manifest_and_verified()
@@ -171,7 +173,8 @@ class StatusBuilder:
             update=parts.update(),
             board_key=parts.identity.get("public_key"),
             # A heartbeat counts frames since the one before; `ctl status` only looks.
-            display=parts.screen_health(with_readings) if parts.screen_health is not None else None,
+            display=parts.screen_health(with_readings if count_frames is None else count_frames)
+            if parts.screen_health is not None else None,
         )
 
     def status(self) -> Status:

@@ -38,7 +38,8 @@ class WithdrawnStore:
         """What was withdrawn, and a problem to report (or None)."""
         empty = Withdrawn(None, frozenset())
         try:
-            raw = self.path.read_bytes()[: MAX_FILE_BYTES + 1]
+            with self.path.open("rb") as handle:
+                raw = handle.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             return empty, None
         except OSError as exc:

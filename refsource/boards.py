@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger("refsource.boards")
 
+MAX_CONFLICTS_KEPT = 1000
+
 
 def keyid(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -80,6 +82,7 @@ class BoardKeys:
         entry = {"device": device, "keyid": fingerprint, "why": why, "at": time.time()}
         with self.lock:
             self.conflicts.append(entry)
+            del self.conflicts[:-MAX_CONFLICTS_KEPT]  # in memory; the file keeps them all
             if self.registry is not None:  # the province's record of clones, beside its registry
                 with self.registry.with_suffix(".conflicts.jsonl").open("a") as handle:
                     handle.write(json.dumps(entry) + "\n")

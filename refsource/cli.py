@@ -54,13 +54,26 @@ def keygen(out: Path) -> dict[str, str]:
     public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     key = {"private_seed_b64": base64.b64encode(private.private_bytes_raw()).decode(),
            "public_key_b64": base64.b64encode(public).decode(), "keyid": keyid_of(public)}
-    out.write_text(json.dumps(key, indent=2))
-    out.chmod(0o600)
+    write_private(out, json.dumps(key, indent=2).encode())
     return key
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """A file only its owner may read, from its first byte (a key, a bundle holding a token)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(json.loads(path.read_text())["private_seed_b64"]))
+    """A key made by `keygen`; ValueError says what is wrong with the file."""
+    try:
+        return Ed25519PrivateKey.from_private_bytes(base64.b64decode(json.loads(path.read_text())["private_seed_b64"]))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the key ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"{path}: not a key made by `refsource keygen` ({exc})") from None
 
 
 def last_serial(site: Path, device: str) -> int:
@@ -105,11 +118,14 @@ def publish(content: Path, site: Path, device: str, key: Path | None, serial: in
 def provision(key: Path, device: str, url: str, out: Path, *, token: str | None = None, groups: tuple[str, ...] = (),
               manifest_keys: tuple[str, ...] = (), release_keys: tuple[str, ...] = (), mqtt: str | None = None,
               board_key: str | None = None, serial: int | None = None,
-              settings: tuple[str, ...] = ()) -> dict[str, Any]:
+              settings: tuple[str, ...] = (), any_board: bool = False) -> dict[str, Any]:
     """A provisioning bundle (PROTOCOL.md §12) for one board, signed with the province's
     provisioning key. `board_key` (a base64 public key, or the text of the board's enrolment QR
-    code) binds it to that board; the serial defaults to the time in seconds, so each new bundle is
-    higher than the last without keeping state. `settings` are `key.path=value` (value in YAML)."""
+    code) binds it to that board; a bundle for any board needs `any_board` (it enrols only boards
+    not enrolled yet, and any of them: keep it out of drawers). The serial defaults to the time in
+    seconds, so each new bundle is higher than the last without keeping state. `settings` are
+    `key.path=value` (value in YAML). The config is checked as a board would check it."""
+    from agent.config import ConfigError, config_from_mapping
     from agent.enrolment import QR_PREFIX, public_key_from_qr
     from agent.envelope import PROVISION_PAYLOAD_TYPE
 
@@ -129,16 +145,26 @@ def provision(key: Path, device: str, url: str, out: Path, *, token: str | None 
         for section in sections:
             node = node.setdefault(section, {})
         node[name] = yaml.safe_load(value)
+    if board_key is None and not any_board:
+        raise ValueError("--board-key: bind the bundle to its board (its public key, or its enrolment QR code's "
+                         "text), or say --any-board")
     if board_key is not None and board_key.startswith(QR_PREFIX):
         board_key = public_key_from_qr(board_key)
-    if board_key is not None and len(base64.b64decode(board_key, validate=True)) != 32:
-        raise ValueError("--board-key: expected a base64 Ed25519 public key or the board's QR code text")
+    try:
+        if board_key is not None and len(base64.b64decode(board_key, validate=True)) != 32:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise ValueError(f"--board-key: expected a base64 Ed25519 public key or the board's QR code text, found "
+                         f"{board_key!r}") from None
+    try:
+        config_from_mapping(config, out, on_this_machine=False)  # what the board will say about it, said here first
+    except ConfigError as exc:
+        raise ValueError("the bundle's config would be refused by the board:\n  " + "\n  ".join(exc.problems)) from None
     payload = {"schema": "bangtin.provision/1", "serial": serial if serial is not None else int(time.time()),
                "board_key": board_key, "config": config}
     envelope = sign_envelope(json.dumps(payload, ensure_ascii=False).encode("utf-8"), PROVISION_PAYLOAD_TYPE,
                              load_private_key(key))
-    out.write_text(json.dumps(envelope))
-    out.chmod(0o600)  # it carries the device token
+    write_private(out, json.dumps(envelope).encode())  # it carries the device token
     return payload
 
 
@@ -205,13 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--key", type=Path, required=True, help="the provisioning signing key (keygen)")
     v.add_argument("--device", required=True, help="device.id the board gets")
     v.add_argument("--url", required=True, help="source.url the board gets")
-    v.add_argument("--token", default=os.environ.get("REFSOURCE_TOKEN"), help="the board's device token")
+    v.add_argument("--token", default=os.environ.get("REFSOURCE_TOKEN"),
+                   help="the board's device token (or REFSOURCE_TOKEN); --no-token for a bundle that keeps the "
+                        "board's token (rotating keys)")
+    v.add_argument("--no-token", action="store_true", help="carry no token: the board keeps the one it has")
     v.add_argument("--group", action="append", default=[], metavar="NAME", help="device.groups; repeatable")
     v.add_argument("--manifest-key", action="append", default=[], metavar="B64",
                    help="security.manifest_keys (the content key's public half); repeatable")
     v.add_argument("--release-key", action="append", default=[], metavar="B64", help="security.release_keys")
     v.add_argument("--mqtt", metavar="URL", help="mqtt.url")
     v.add_argument("--board-key", metavar="KEY", help="bind to one board: its public key, or its enrolment QR text")
+    v.add_argument("--any-board", action="store_true",
+                   help="no board key: the first unenrolled board that sees it takes it (an enrolled board never)")
     v.add_argument("--serial", type=int, help="default: the time in seconds (higher than any earlier bundle)")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key; repeatable")
     v.add_argument("--out", type=Path, help="default: bangtin-provision-<device>.json (the name boards look for "
@@ -238,14 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "provision":
         out = args.out or Path(f"bangtin-provision-{args.device}.json")
+        if not args.token and not args.no_token:
+            print("refsource provision: --token (or REFSOURCE_TOKEN): the board's device token; or --no-token for "
+                  "a bundle that keeps the token the board has", file=sys.stderr)
+            return 2
         try:
-            payload = provision(args.key, args.device, args.url, out, token=args.token, groups=tuple(args.group),
-                                manifest_keys=tuple(args.manifest_key), release_keys=tuple(args.release_key),
-                                mqtt=args.mqtt, board_key=args.board_key, serial=args.serial, settings=tuple(args.set))
+            payload = provision(args.key, args.device, args.url, out, token=None if args.no_token else args.token,
+                                groups=tuple(args.group), manifest_keys=tuple(args.manifest_key),
+                                release_keys=tuple(args.release_key), mqtt=args.mqtt, board_key=args.board_key,
+                                serial=args.serial, settings=tuple(args.set), any_board=args.any_board)
         except (ValueError, binascii.Error) as exc:
             print(f"refsource provision: {exc}", file=sys.stderr)
             return 2
-        bound = f"bound to board key {payload['board_key']}" if payload["board_key"] else "for any board"
+        bound = (f"bound to board key {payload['board_key']}" if payload["board_key"]
+                 else "for any board not enrolled yet: keep it out of drawers")
         print(f"{out}: bundle serial {payload['serial']} for {args.device}, {bound}")
         return 0
     if args.command == "keygen":

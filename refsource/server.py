@@ -307,7 +307,10 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(document, dict):
             self._send(HTTPStatus.BAD_REQUEST, b"expected a JSON object")
             return
-        claimed = document.get("board_key") if kind == "heartbeat" and isinstance(document.get("board_key"), str) else None
+        if document.get("device", device) != device:  # a body for another board, posted under this one's name
+            self._send(HTTPStatus.BAD_REQUEST, b"the body's device is not the one in the URL")
+            return
+        claimed = document.get("board_key") if isinstance(document.get("board_key"), str) else None
         refusal = self.state.board_keys.check(device, self.headers.get("X-Bangtin-Signature"), raw, claimed)
         if refusal is not None:
             self._send(HTTPStatus.CONFLICT, refusal.encode())

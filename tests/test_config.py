@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,20 @@ def test_run_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
     assert "storage.dirr: unknown key; did you mean 'storage.dir'?" in result.stderr
     missing = run_cli("run", "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
+
+
+def test_a_dropin_that_is_a_dangling_link_or_a_fifo_is_a_clear_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "device: {id: b1}\nsource: {url: 'file:///c'}\n")
+    dropins = tmp_path / "agent.d"
+    dropins.mkdir()
+    (dropins / "20-gone.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    os.mkfifo(dropins / "30-fifo.yaml")  # opening it to read would wait for a writer for ever
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [f"{dropins / '20-gone.yaml'}: cannot read config: No such file or directory",
+                                     f"{dropins / '30-fifo.yaml'}: not a regular file"]
+    (dropins / "20-gone.yaml").unlink()
+    (dropins / "30-fifo.yaml").unlink()
+    (tmp_path / "shared.yaml").write_text("display: {fps: 10}\n")
+    (dropins / "20-shared.yaml").symlink_to(tmp_path / "shared.yaml")  # a link to a real file is fine
+    assert load_config(path).display.fps == 10

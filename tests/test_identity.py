@@ -111,7 +111,7 @@ def test_registry_file_is_read_and_kept(tmp_path: Path) -> None:
     refusal = keys.check(DEVICE, stranger.signature_header(body), body, stranger.public_b64)
     assert refusal is not None and "signature does not verify" in refusal
     assert keys.check(DEVICE, None, body, None) == "unsigned body from a board whose key is known"
-    other = json.loads(json.dumps({"device": "b2"})).get("device")
+    other = "b2"
     assert keys.check(other, stranger.signature_header(body), body, stranger.public_b64) is None  # learnt
     assert json.loads(registry.read_text()) == {DEVICE: board.public_b64, "b2": stranger.public_b64}
     conflicts = [json.loads(line) for line in registry.with_suffix(".conflicts.jsonl").read_text().splitlines()]
@@ -161,3 +161,53 @@ def test_agent_signs_heartbeats_and_playlogs_and_its_clone_is_refused(
     assert server.state.board_keys.conflicts[0]["keyid"] == clone.status()["identity"]["fingerprint"]
     assert all(beat["board_key"] == identity["public_key"] for beat in server.state.heartbeats)
     assert clone.stop() == 0 and agent.stop() == 0
+
+
+def test_a_copied_sd_card_on_another_machine_gets_a_new_key_and_the_source_sees_the_conflict(
+        tmp_path: Path, server: ReferenceServer) -> None:
+    import shutil
+
+    original = load_or_create(tmp_path / "board", machine="10000000a1b2c3d4")
+    assert "machine 10000000a1b2c3d4" in (tmp_path / "board" / IDENTITY_FILE).read_text()
+    assert load_or_create(tmp_path / "board", machine="10000000a1b2c3d4").public_raw == original.public_raw
+    shutil.copytree(tmp_path / "board", tmp_path / "copy")  # the card, byte for byte, in another Pi
+    copy = load_or_create(tmp_path / "copy", machine="10000000ffffeeee")
+    assert copy.public_raw != original.public_raw and copy.replaced is not None
+    assert "made on another machine (10000000a1b2c3d4, this one is 10000000ffffeeee)" in copy.replaced
+    assert (tmp_path / "copy" / "identity.key.from-0000a1b2c3d4").exists()
+    assert load_or_create(tmp_path / "copy", machine="10000000ffffeeee").replaced is None  # settled on its new key
+    for storage, expected in (("board", 204), ("copy", 409)):
+        identity = load_or_create(tmp_path / storage, machine="10000000a1b2c3d4" if storage == "board"
+                                  else "10000000ffffeeee")
+        client = HttpClient(ClientSettings(server.base_url, "tok", None, "bangtin-agent/test"),
+                            signer=identity.signature_header)
+        body = json.dumps({"device": DEVICE, "board_key": identity.public_b64}).encode()
+        assert client.post(f"{server.base_url}/devices/{DEVICE}/heartbeat", body, "application/json", 10).status_code \
+            == expected
+        client.close()
+
+
+def test_a_key_from_before_the_binding_is_bound_and_a_machine_without_a_serial_binds_nothing(tmp_path: Path) -> None:
+    from agent.identity import machine_id
+
+    unbound = load_or_create(tmp_path / "state")  # no machine known
+    assert "machine" not in (tmp_path / "state" / IDENTITY_FILE).read_text()
+    assert load_or_create(tmp_path / "state", machine="abc123").public_raw == unbound.public_raw
+    assert (tmp_path / "state" / IDENTITY_FILE).read_text().endswith("machine abc123\n")
+    root = tmp_path / "root"
+    (root / "proc/device-tree").mkdir(parents=True)
+    (root / "proc/device-tree/serial-number").write_bytes(b"10000000a1b2c3d4\0")
+    assert machine_id(root) == "10000000a1b2c3d4"
+    (root / "proc/device-tree/serial-number").unlink()
+    (root / "proc/cpuinfo").write_text("processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 100000001234abcd\n")
+    assert machine_id(root) == "100000001234abcd"
+    (root / "proc/cpuinfo").write_text("processor\t: 0\nmodel name\t: Intel\n")
+    assert machine_id(root) is None
+
+
+def test_the_source_learns_a_board_key_from_its_playlog_batches_too(tmp_path: Path) -> None:
+    identity = load_or_create(tmp_path / "state")
+    keys = BoardKeys()
+    body = json.dumps({"device": DEVICE, "records": [], "board_key": identity.public_b64}).encode()
+    assert keys.check(DEVICE, identity.signature_header(body), body, identity.public_b64) is None
+    assert keys.keys[DEVICE] == identity.public_b64  # a board whose heartbeats MQTT carries is known all the same

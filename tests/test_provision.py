@@ -53,7 +53,8 @@ def bare_config(folder: Path, provision_keys: list[str], **extra: Any) -> Path:
 
 
 class Scanner:
-    """A Provisioner over a board folder, driven scan by scan (no thread), recording what it says."""
+    """A Provisioner over a board folder, driven scan by scan (no thread), recording what it says
+    (each change of what it says, as the screen shows it)."""
 
     def __init__(self, config_path: Path, keys: list[str], usb_roots: list[Path] | None = None) -> None:
         self.config_path = config_path
@@ -61,22 +62,31 @@ class Scanner:
         self.identity = load_or_create(self.storage)
         self.restarts: list[int] = []
         self.said: list[BundleRefused | None] = []
+        current = load_config(config_path)
         self.provisioner = Provisioner(
             config_path, self.storage / "provision", load_trusted_keys(keys), self.identity.public_b64,
             threading.Event(), applied_restart=lambda bundle: self.restarts.append(bundle.serial),
-            refused=self.said.append, now=lambda: dt.datetime.now(dt.UTC), usb_roots=usb_roots or [])
+            refused=self._say, now=lambda: dt.datetime.now(dt.UTC), usb_roots=usb_roots or [],
+            current=current if current.enrolled else None)
         (self.storage / "provision").mkdir(parents=True, exist_ok=True)
+
+    def _say(self, refusal: BundleRefused | None) -> None:
+        last = self.said[-1] if self.said else None  # at first, nothing said
+        if (str(refusal) if refusal else None) != (str(last) if last else None):
+            self.said.append(refusal)
 
     def drop(self, name: str, data: bytes, folder: Path | None = None) -> Path:
         path = (folder or self.storage / "provision") / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        settled = time.time() - 5  # as if the copy finished a while ago: the scan takes it at once
-        os.utime(path, (settled, settled))
         return path
 
-    def scan(self) -> bool:
+    def look(self) -> bool:
         return self.provisioner.scan_once()
+
+    def scan(self) -> bool:
+        """Two looks: a file is taken once it looked the same twice (it is not being copied)."""
+        return self.look() or self.look()
 
     @property
     def last_refusal(self) -> BundleRefused | None:
@@ -86,8 +96,19 @@ class Scanner:
 def bundle(tmp_path: Path, key: Path = KEY_FILE, **options: Any) -> bytes:
     out = tmp_path / f"bundle-{time.monotonic_ns()}.json"
     provision(key, options.pop("device", DEVICE), options.pop("url", "https://tttn.example.gov.vn/api/bangtin/v1"),
-              out, **{"token": "tok-from-bundle", "serial": 10, **options})
+              out, **{"token": "tok-from-bundle", "serial": 10, "any_board": options.get("board_key") is None,
+                      **options})
     return out.read_bytes()
+
+
+def raw_bundle(config: dict[str, Any], serial: int = 10, board_key: str | None = None) -> bytes:
+    """A bundle signed with the test key as it is, unchecked: what a mistaken province tool could make."""
+    from agent.envelope import PROVISION_PAYLOAD_TYPE, sign_envelope
+    from refsource.cli import load_private_key
+
+    payload = {"schema": "bangtin.provision/1", "serial": serial, "board_key": board_key, "config": config}
+    return json.dumps(sign_envelope(json.dumps(payload).encode(), PROVISION_PAYLOAD_TYPE,
+                                    load_private_key(KEY_FILE))).encode()
 
 
 def test_the_published_vector_is_applied_with_the_test_key_and_refused_without(board_dir: Path,
@@ -124,7 +145,8 @@ def refusal_for(tmp_path: Path, board_dir: Path, public_key_b64: str, data: byte
     assert refusal is not None
     after = sorted(p.name for p in board_dir.rglob("*"))
     assert after == sorted([*before, "bundle.json"])  # nothing else written
-    assert scanner.scan() is False and len(scanner.said) == 1  # looked at once, said once
+    assert scanner.scan() is False and str(scanner.said[-1]) == str(refusal)  # still said, the same
+    assert len([r for r in scanner.said if r is not None]) == 1  # said once, while it lasts
     return refusal
 
 
@@ -155,7 +177,8 @@ def test_a_bundle_that_moves_storage_or_would_not_load_is_refused(tmp_path: Path
     on_the_stick = refusal_for(tmp_path, board_dir, public_key_b64, bundle(tmp_path, settings=("source.ca_file=ca.pem",)))
     assert "config.source.ca_file: a bundle's file paths must be absolute" in str(on_the_stick)
     (board_dir / "state" / "provision" / "bundle.json").unlink()
-    broken = refusal_for(tmp_path, board_dir, public_key_b64, bundle(tmp_path, settings=("source.poll_interval_s=2",)))
+    broken = refusal_for(tmp_path, board_dir, public_key_b64, raw_bundle(
+        {"device": {"id": DEVICE}, "source": {"url": "https://tttn.example/api", "poll_interval_s": 2}}))
     assert broken.kind == "config"
     assert "bundle.json: source.poll_interval_s: expected a number >= 10, found 2" in str(broken)
 
@@ -199,17 +222,117 @@ def test_usb_stick_bundles_and_what_a_stick_may_hold(tmp_path: Path, board_dir: 
     assert load_config(scanner.config_path).device.id == DEVICE
 
 
-def test_a_file_still_being_copied_waits_for_the_next_scan(tmp_path: Path, board_dir: Path,
-                                                           public_key_b64: str) -> None:
+def test_a_file_still_being_copied_waits_whatever_its_clock_says(tmp_path: Path, board_dir: Path,
+                                                                 public_key_b64: str) -> None:
     scanner = Scanner(bare_config(board_dir, [public_key_b64]), [public_key_b64])
-    half = bundle(tmp_path)[:100]
-    path = scanner.storage / "provision" / "copying.json"
-    path.write_bytes(half)  # just written: mtime is now
-    assert scanner.scan() is False and scanner.said == []
-    path.write_bytes(bundle(tmp_path))
-    settled = time.time() - 5
-    os.utime(path, (settled, settled))
+    path = scanner.drop("copying.json", bundle(tmp_path)[:100])
+    assert scanner.look() is False and scanner.said == []  # first sight: maybe still being copied
+    path.write_bytes(bundle(tmp_path))  # it grew: still being copied
+    assert scanner.look() is False and scanner.said == []
+    # A FAT stick written in Vietnam carries local times: seven hours "in the future" for the board.
+    ahead = time.time() + 7 * 3600
+    os.utime(path, (ahead, ahead))
+    assert scanner.look() is False
+    assert scanner.look() is True  # looked the same twice: taken
+
+
+def enrolled_board(tmp_path: Path, board_dir: Path, public_key_b64: str) -> Scanner:
+    """A board enrolled by its own bound bundle, then started again with the config it wrote."""
+    first = Scanner(bare_config(board_dir, [public_key_b64]), [public_key_b64])
+    first.drop("mine.json", bundle(tmp_path, serial=100, board_key=first.identity.public_b64, token="token-of-x"))
+    assert first.scan() is True
+    return Scanner(first.config_path, [public_key_b64])
+
+
+def test_an_enrolled_board_takes_only_bundles_bound_to_its_key(tmp_path: Path, board_dir: Path,
+                                                              public_key_b64: str) -> None:
+    board = enrolled_board(tmp_path, board_dir, public_key_b64)
+    before = load_config(board.config_path)
+    # Another board's bundle "for any board", newer (serials are times): a stick left in a drawer.
+    board.drop("stray.json", bundle(tmp_path, serial=200, device="xa-y", url="https://other.example/api"))
+    assert board.scan() is False and board.restarts == []
+    assert board.said[-1] is not None and board.said[-1].kind == "unbound"
+    assert f"takes only bundles bound to its key {board.identity.fingerprint}" in str(board.said[-1])
+    assert load_config(board.config_path).device == before.device
+    (board.storage / "provision" / "stray.json").unlink()
+    # Its own, bound, newer, without the token (rotating the content key): the token stays.
+    board.drop("rotate.json", bundle(tmp_path, serial=300, board_key=board.identity.public_b64, token=None,
+                                     manifest_keys=(public_key_b64,)))
+    assert board.scan() is True
+    after = load_config(board.config_path)
+    assert after.token() == "token-of-x" and after.security.manifest_keys == (public_key_b64,)
+
+
+def test_a_bundle_that_would_leave_the_board_without_its_token_is_refused(tmp_path: Path, board_dir: Path,
+                                                                         public_key_b64: str) -> None:
+    board = enrolled_board(tmp_path, board_dir, public_key_b64)
+    (board_dir / "agent.d" / TOKEN_NAME).unlink()  # the token now comes from agent.yaml, say
+    config = yaml.safe_load((board_dir / "agent.yaml").read_text())
+    config["source"] = {"token": "token-in-agent-yaml"}
+    (board_dir / "agent.yaml").write_text(yaml.safe_dump(config))
+    dropin = board_dir / "agent.d" / DROPIN_NAME
+    written = yaml.safe_load(dropin.read_text())
+    for key in ("token", "token_file"):
+        written["source"].pop(key)
+    dropin.write_text(yaml.safe_dump(written))
+    board = Scanner(board.config_path, [public_key_b64])
+    assert load_config(board.config_path).token() == "token-in-agent-yaml"
+    board.drop("null.json", bundle(tmp_path, serial=400, board_key=board.identity.public_b64, token=None,
+                                   settings=("source.token=null",)))
+    assert board.scan() is False and board.said[-1] is not None
+    assert "would be left without its device token" in str(board.said[-1])
+
+
+def test_several_bundles_for_any_board_are_refused_together(tmp_path: Path, board_dir: Path,
+                                                           public_key_b64: str) -> None:
+    stick = tmp_path / "media" / "usb0"
+    scanner = Scanner(bare_config(board_dir, [public_key_b64]), [public_key_b64], usb_roots=[tmp_path / "media"])
+    for board in ("xa-a", "xa-b"):
+        scanner.drop(f"bangtin-provision-{board}.json", bundle(tmp_path, device=board), folder=stick)
+    assert scanner.scan() is False and scanner.said[-1] is not None and scanner.said[-1].kind == "ambiguous"
+    assert not (board_dir / "agent.d").exists()
+
+
+def test_a_stick_for_a_whole_commune_finds_this_boards_bundle_and_says_nothing_of_the_others(
+        tmp_path: Path, board_dir: Path, public_key_b64: str) -> None:
+    stick = tmp_path / "media" / "usb0"
+    scanner = Scanner(bare_config(board_dir, [public_key_b64]), [public_key_b64], usb_roots=[tmp_path / "media"])
+    for n in range(30):
+        other = load_or_create(tmp_path / f"other-{n}")
+        scanner.drop(f"bangtin-provision-a{n:02d}.json", bundle(tmp_path, device=f"xa-{n}", board_key=other.public_b64),
+                     folder=stick)
+    assert scanner.scan() is False
+    assert str(scanner.said[-1]) == f"30 bundles, none for this board (key {scanner.identity.fingerprint})"
+    scanner.drop("bangtin-provision-z-mine.json", bundle(tmp_path, board_key=scanner.identity.public_b64), folder=stick)
+    assert scanner.scan() is True  # the 31st, sorted last
+    again = Scanner(scanner.config_path, [public_key_b64], usb_roots=[tmp_path / "media"])  # after the restart
+    assert again.scan() is False and again.said == []  # the other boards' bundles are not this one's business
+
+
+def test_a_refusal_caused_by_the_board_is_looked_at_again_once_it_is_fixed(tmp_path: Path, board_dir: Path,
+                                                                          public_key_b64: str) -> None:
+    scanner = Scanner(bare_config(board_dir, [public_key_b64]), [public_key_b64])
+    (board_dir / "agent.d").write_text("not a folder")  # the board's own mistake: agent.d cannot be made
+    scanner.drop("b.json", bundle(tmp_path))
+    assert scanner.scan() is False and scanner.said[-1] is not None and scanner.said[-1].kind == "not-written"
+    (board_dir / "agent.d").unlink()
     assert scanner.scan() is True
+
+
+def test_a_stick_cannot_forge_log_lines_or_errors(tmp_path: Path, board_dir: Path, public_key_b64: str) -> None:
+    stick = tmp_path / "media" / "usb0"
+    scanner = Scanner(bare_config(board_dir, [public_key_b64]), [public_key_b64], usb_roots=[tmp_path / "media"])
+    scanner.drop("bangtin-provision-\n2026 WARNING agent.provision: bundle serial 99 applied.json", b"{}", folder=stick)
+    assert scanner.scan() is False and scanner.said[-1] is not None
+    assert "\n" not in str(scanner.said[-1]) and "\\n2026" in str(scanner.said[-1])
+
+
+def test_a_damaged_provisioning_record_takes_no_bundle(tmp_path: Path, board_dir: Path, public_key_b64: str) -> None:
+    board = enrolled_board(tmp_path, board_dir, public_key_b64)
+    (board_dir / "agent.d" / "provision.json").write_text("{torn")
+    board.drop("older.json", bundle(tmp_path, serial=50, board_key=board.identity.public_b64))
+    assert board.scan() is False and board.said[-1] is not None and board.said[-1].kind == "state"
+    assert "provision.json cannot be read" in str(board.said[-1])
 
 
 def test_enrolment_qr_carries_the_board_key(tmp_path: Path) -> None:
@@ -262,7 +385,8 @@ def test_an_empty_board_shows_its_enrolment_screen_and_a_dropped_bundle_makes_it
     assert f"bound to board key {identity['public_key']}" in made.stdout
     dropped = time.monotonic()
     (board_dir / "state" / "provision" / "bundle.json").write_bytes(out.read_bytes())
-    wait_for(lambda: agent.status()["device"] == DEVICE, timeout=15, what="the board enrolled by the bundle")
+    # PROTOCOL.md §12: applied within 5 s of the drop (then one sync).
+    wait_for(lambda: agent.status()["device"] == DEVICE, timeout=5, what="the board enrolled by the bundle")
     enrolled_after = time.monotonic() - dropped
     wait_for(lambda: agent.status()["current_item"] == "t1", timeout=20, what="the province's content on screen")
     print(f"bundle dropped → enrolled {enrolled_after:.1f} s → content {time.monotonic() - dropped:.1f} s")

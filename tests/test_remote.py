@@ -16,7 +16,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import Config, load_config
-from agent.control import Actions, CommandError, parse_log_lines, parse_withdraw
+from agent.control import CommandError, parse_log_lines, parse_withdraw
 from agent.health import Problems
 from agent.liveconfig import changed_keys
 from agent.logring import LogRing
@@ -54,7 +54,7 @@ def test_settings_apply_where_the_file_is_silent_within_the_boards_bounds(tmp_pa
     assert resolved.sources["display.fps"] == {"value": 12, "from": "file", "manifest_asked": 25}
     assert resolved.sources["display.crossfade_ms"] == {"value": 0, "from": "default"}
     problems = "\n".join(resolved.problems)
-    assert "source.poll_interval_s: expected a number from 30 to 86400, found 5; kept 300" in problems
+    assert "source.poll_interval_s: expected a number from 30 to 3600, found 5; kept 300" in problems
     assert "'storage.dir' is not a key the province may set; ignored" in problems
     assert "log_level: expected one of DEBUG, INFO, WARNING, ERROR, found 'loud'" in problems
     assert len(resolved.problems) == 3
@@ -160,10 +160,20 @@ def test_withdraw_and_logs_arguments_are_checked() -> None:
     for bad_lines in (0, 5001, "10", True, 2.5):
         with pytest.raises(CommandError, match=r"logs: args\.lines: expected a number from 1 to 5000"):
             parse_log_lines({"lines": bad_lines})
-    assert "withdraw" in Actions.__dataclass_fields__ and "recent_logs" in Actions.__dataclass_fields__
 
 
 # --- logs -------------------------------------------------------------------------------------------
+
+
+def test_a_line_that_is_not_utf8_never_breaks_the_caller() -> None:
+    ring = LogRing()
+    logger = logging.getLogger("test.ring.surrogate")
+    logger.addHandler(ring)
+    try:
+        logger.warning("bundle refused: %s", "bangtin-provision-\udcff.json")  # a file name off a stranger's stick
+        assert ring.recent(1)[0].endswith("bangtin-provision-\\udcff.json")
+    finally:
+        logger.removeHandler(ring)
 
 
 def test_log_ring_is_bounded_and_keeps_secrets_out() -> None:
@@ -207,6 +217,10 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+def server_knows_the_board(source: ReferenceServer) -> bool:
+    return DEVICE in source.state.board_keys.keys
+
+
 def remote_board(tmp_path: Path, source: ReferenceServer, broker: Broker, key: Ed25519PrivateKey, keys: list[str],
                  agent_factory: Callable[[Path], RunningAgent], **config_extra: Any) -> RunningAgent:
     manifest = base_manifest(7, items=[text("sai", 60), text("dung", 60)],
@@ -239,8 +253,8 @@ def test_settings_withdraw_and_logs_end_to_end(tmp_path: Path, source: Reference
     assert settings["display.crossfade_ms"] == {"value": 0, "from": "file", "manifest_asked": 300}
     assert agent.status()["report"]["heartbeat_interval_s"] == 45  # the reporter runs with it
     errors = "\n".join(agent.status()["errors"])
-    assert "display.fps: expected a number from 1 to 60, found 500" in errors
-    assert "'source.token' is not a key the province may set" in errors or "and 1 more" in errors
+    assert "manifest settings: display.fps: expected a number from 1 to 60, found 500; kept 30 (and 1 more)" in errors
+    assert server_knows_the_board(source)  # learnt from a signed POST although MQTT carries the heartbeats
 
     operator = Operator(broker)
     try:
@@ -266,7 +280,11 @@ def test_settings_withdraw_and_logs_end_to_end(tmp_path: Path, source: Reference
         assert "tok-s3cret-value" not in text_sent
         operator.send(signed_command(private_key, "c-logs-big", "logs", {"lines": 6000}))
         refused = wait_for(lambda: operator.ack_for("c-logs-big"), timeout=10, what="the refused logs ack")[0]
-        assert refused["ok"] is False and "at most" not in refused["error"] and "1 to 5000" in refused["error"]
+        assert refused["ok"] is False and "1 to 5000" in refused["error"]
+        operator.send(signed_command(private_key, "c-logs-again", "logs", {"lines": 10}))
+        again = wait_for(lambda: operator.ack_for("c-logs-again"), timeout=10, what="the second logs ack")[0]
+        assert again["ok"] is False and "at most one upload a minute" in again["error"]  # a metered SIM
+        assert len(source.state.logs) == 1
     finally:
         operator.close()
 

@@ -196,9 +196,10 @@ def test_report_command_formats(tmp_path) -> None:
 
 def test_gzip_is_used_only_when_it_pays(server) -> None:
     client = HttpClient(ClientSettings(server.base_url, "tok", None, "ua"))
-    client.post(f"{server.base_url}/devices/{DEVICE}/heartbeat", b'{"device":"x"}', "application/json", 10)
+    client.post(f"{server.base_url}/devices/{DEVICE}/heartbeat", json.dumps({"device": DEVICE}).encode(),
+                "application/json", 10)
     client.post(f"{server.base_url}/devices/{DEVICE}/heartbeat",
-                json.dumps({"device": "x", "errors": ["e" * 50] * 20}).encode(), "application/json", 10)
+                json.dumps({"device": DEVICE, "errors": ["e" * 50] * 20}).encode(), "application/json", 10)
     posts = [r for r in server.state.requests if r.method == "POST"]
     assert "Content-Encoding" not in posts[0].headers and posts[1].headers["Content-Encoding"] == "gzip"
     assert "Accept" not in posts[0].headers and "Connection" not in posts[0].headers

@@ -23,6 +23,7 @@ from agent.sync.client import Backoff, HttpClient, SourceError
 log = logging.getLogger(__name__)
 
 LIMITS_EVERY_S = 3600.0  # folding and pruning the journal: hourly is plenty
+HTTP_HEARTBEAT_EVERY_S = 86400.0  # with MQTT carrying the status, the source still hears one over HTTP daily
 POST_DEADLINE_S = 60.0
 
 
@@ -57,6 +58,7 @@ class Reporter:
         today: Callable[[], str],
         deliver_elsewhere: Callable[[dict[str, Any]], bool] = lambda beat: False,
         rng: random.Random | None = None,
+        board_key: str | None = None,
     ) -> None:
         self._client = client
         self._device_url = device_url.rstrip("/")
@@ -70,6 +72,10 @@ class Reporter:
         self._batch_size = batch_size
         self._today = today
         self._deliver_elsewhere = deliver_elsewhere  # the MQTT link's retained status, when connected
+        # In each playlog batch too: a source that never sees an HTTP heartbeat (MQTT carries them)
+        # still learns which key signs this board's records (§12).
+        self._board_key = board_key
+        self._http_heartbeat_due = 0.0  # the first heartbeat of a run goes over HTTP whatever MQTT does
         self._rng = rng or random.Random()
         self._upload_backoff = Backoff(self._rng)
         self._wake = threading.Event()
@@ -147,7 +153,7 @@ class Reporter:
         interval = self._jittered(self._heartbeat_interval_s)
         try:
             beat = self._heartbeat()
-            if self._deliver_elsewhere(beat):
+            if time.monotonic() < self._http_heartbeat_due and self._deliver_elsewhere(beat):
                 self._problems.resolve("heartbeat")
                 return interval  # the broker carried it (retained status): not twice on a metered SIM
             body = json.dumps(beat, ensure_ascii=False, separators=(",", ":")).encode()
@@ -163,6 +169,7 @@ class Reporter:
             return interval
         self._problems.resolve("heartbeat")
         self.last_heartbeat_ok_at = time.time()
+        self._http_heartbeat_due = time.monotonic() + HTTP_HEARTBEAT_EVERY_S
         return interval
 
     def upload_pending(self) -> float:
@@ -173,8 +180,10 @@ class Reporter:
             if not batch:
                 self._upload_backoff.reset()
                 return self._jittered(self._upload_interval_s)
-            body = json.dumps({"device": self._device_id, "records": batch}, ensure_ascii=False,
-                              separators=(",", ":")).encode()
+            batch_body: dict[str, Any] = {"device": self._device_id, "records": batch}
+            if self._board_key is not None:
+                batch_body["board_key"] = self._board_key
+            body = json.dumps(batch_body, ensure_ascii=False, separators=(",", ":")).encode()
             try:
                 response = self._client.post(f"{self._device_url}/playlogs", body, "application/json", POST_DEADLINE_S)
                 if not 200 <= response.status_code < 300:
