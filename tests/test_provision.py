@@ -21,11 +21,12 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyzbar import pyzbar
 
+from agent.bundle import DROPIN_NAME, TOKEN_NAME, BundleRefused, read_applied
 from agent.config import load_config
 from agent.enrolment import public_key_from_qr, qr_text
 from agent.envelope import load_trusted_keys
 from agent.identity import load_or_create
-from agent.provision import DROPIN_NAME, TOKEN_NAME, BundleRefused, Provisioner, read_applied
+from agent.provision import Provisioner
 from refsource.cli import keygen, provision
 from refsource.server import ReferenceServer, SourceState
 from tests.conftest import ROOT, VECTORS, RunningAgent, base_manifest, near, sign_manifest, wait_for
