@@ -7,6 +7,7 @@ these types; code inside trusts them. Nothing here does I/O.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -221,3 +222,11 @@ class MediaSource(Protocol):
 
     def path_for(self, sha256: str) -> str | None:
         """The local path of a verified file, or None when it is not (yet) verified."""
+
+
+class Room(enum.Enum):
+    """Whether a new file fits in the cache (MediaStore.make_room_for)."""
+
+    MADE = "made"
+    AFTER_SCREEN_CHANGES = "after-screen-changes"  # what is on screen holds the room the rest needs
+    NEVER = "never"  # the manifest's own media do not fit in the limit

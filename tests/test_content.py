@@ -58,6 +58,7 @@ class Harness:
     """Content + store + FileSource as main.py wires them, without a display."""
 
     def __init__(self, tmp_path: Path, folder: ContentFolder, keys: list[str], cache_limit: int = 1 << 30) -> None:
+        self.on_screen: set[str] = set()
         self.problems = Problems()
         self.store = MediaStore(tmp_path / "state" / "media")
         self.store.open()
@@ -66,7 +67,7 @@ class Harness:
         self.stop = threading.Event()
         self.changes = 0
         self.source = FileSource(folder.root, self.content, self.store, self.problems, self.stop, self._changed,
-                                 cache_limit_bytes=cache_limit)
+                                 cache_limit_bytes=cache_limit, on_screen=lambda: self.on_screen)
 
     def _changed(self) -> None:
         self.changes += 1
@@ -228,3 +229,35 @@ def test_the_folder_source_keeps_the_cache_within_cache_max_mb(tmp_path: Path, c
         assert harness.store.bytes_used() <= 250_000
     assert harness.store.path_for(first[0]) is None  # the oldest went to make room
     assert not any("do not fit" in e for e in harness.problems.current())
+
+
+def test_a_folder_manifest_that_does_not_fit_beside_the_old_one_arrives_whole_once_the_screen_turns(
+        tmp_path: Path, content_folder: ContentFolder, public_key_b64: str) -> None:
+    """Turnover for the folder source: the old media go (never the one on screen), the switch happens,
+    and the media that waited for the screen are copied at the next check, with no change to the folder."""
+    harness = Harness(tmp_path, content_folder, [public_key_b64], cache_limit=250_000)
+
+    def blob(name: str, seed: int) -> dict[str, object]:
+        path = content_folder.root / "media" / f"{name}.png"
+        path.write_bytes(bytes([seed]) * 100_000)
+        return media_entry(path, f"m{name}", "image/png")
+
+    def publish(serial: int, entries: list[dict[str, object]]) -> None:
+        content_folder.publish(base_manifest(serial, media=entries, items=[
+            {"id": f"i{e['id']}", "type": "image", "media": e["id"], "duration_s": 5} for e in entries]))
+
+    a, b, c, d = blob("a", 1), blob("b", 2), blob("c", 3), blob("d", 4)
+    publish(1, [a, b])
+    harness.source.check()
+    harness.on_screen = {str(a["sha256"])}
+    publish(2, [c, d])
+    harness.source.check()
+    assert harness.serial() == 2 and harness.store.path_for(str(c["sha256"])) is not None
+    assert harness.store.path_for(str(a["sha256"])) is not None  # on screen: kept
+    assert harness.store.path_for(str(d["sha256"])) is None
+    assert any("waits for the media on screen" in e for e in harness.problems.current())
+    harness.on_screen = {str(c["sha256"])}  # the switch turned the screen
+    harness.source.check()  # the next safety check, the folder unchanged
+    assert harness.store.path_for(str(d["sha256"])) is not None
+    assert harness.store.path_for(str(a["sha256"])) is None and harness.store.bytes_used() <= 250_000
+    assert not any("waits for the media on screen" in e for e in harness.problems.current())

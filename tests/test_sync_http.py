@@ -24,7 +24,7 @@ from agent.envelope import load_trusted_keys
 from agent.health import Problems
 from agent.manifest import accept_manifest
 from agent.sync.client import Backoff, HttpClient, SourceError, parse_retry_after
-from agent.sync.http import HttpSettings, HttpSource
+from agent.sync.http import SCREEN_TURN_RETRY_S, HttpSettings, HttpSource
 from refsource.server import Faults, ReferenceServer, SourceState, strong_etag
 from tests.conftest import VECTORS, base_manifest, sign_manifest, wait_for
 
@@ -308,13 +308,38 @@ def test_a_new_manifest_that_does_not_fit_beside_the_old_one_replaces_it_and_arr
     assert not (board.store.root / sha["b"]).exists()  # evicted to make room: not needed, not on screen
     assert board.store.path_for(sha["a"]) is not None  # the picture on screen stays
     assert board.serial() == 2 and board.store.path_for(sha["c"]) is not None
-    assert board.store.path_for(sha["d"]) is None and "do not fit" in board.errors()
+    # d waits for "a" to leave the screen: said so, not reported as a cache too small for the manifest.
+    assert board.store.path_for(sha["d"]) is None and "waits for the media on screen" in board.errors()
+    assert "do not fit" not in board.errors()
+    outcome = board.source.sync_once()  # while "a" is still on screen, d keeps waiting, and says when to look again
+    assert board.store.path_for(sha["d"]) is None
+    assert outcome.retry_media_in_s is not None and outcome.retry_media_in_s <= SCREEN_TURN_RETRY_S
     board.on_screen = {sha["c"]}  # the switch took "a" off the screen; "c" shows
-    board.later(120)  # the missing media's own back-off passes: no manifest change needed
+    board.later(SCREEN_TURN_RETRY_S)  # seconds, not the minutes of a failed download's back-off
     board.source.sync_once()
     assert board.store.path_for(sha["c"]) and board.store.path_for(sha["d"])
     assert not (board.store.root / sha["a"]).exists() and board.store.bytes_used() <= 1_000_000
-    assert "do not fit" not in board.errors()
+    assert "waits for the media on screen" not in board.errors()
+
+
+def test_partial_downloads_no_manifest_needs_are_removed_and_a_needed_one_stays(
+        tmp_path, server, private_key, keys) -> None:
+    """A power cut mid-download, then a manifest without that file: its partial must not stay on the
+    card for ever (the system test found 24 after 20 power cuts). A needed partial stays to resume
+    (test_cut_transfer_resumes_with_range_and_if_range resumes one across this pruning)."""
+    wanted = media_file(tmp_path, "wanted.png", 300_000, seed=5)
+    wanted_sha = hashlib.sha256(wanted.read_bytes()).hexdigest()
+    board = Board(tmp_path, server, keys)
+    stale = "ab" * 32
+    with board.store.open_partial(stale, append=False) as out:  # a download the new manifest dropped
+        out.write(b"x" * 50_000)
+    board.store.set_partial_validator(stale, '"old"')
+    (board.store.partial_dir / f"{'cd' * 32}.part").write_bytes(b"y" * 1000)  # an interrupted local copy
+    publish(server, private_key, 1, {"m1": wanted})
+    server.state.faults = Faults(cut_media_after_bytes=100_000, cut_times=1)
+    board.source.sync_once()
+    assert sorted(p.name for p in board.store.partial_dir.iterdir()) == [f"{wanted_sha}.download", f"{wanted_sha}.validator"]
+    assert board.store.partial_size(wanted_sha) == 100_000
 
 
 def test_eviction_takes_the_least_recently_shown_first(tmp_path) -> None:

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from agent.limits import MAX_MANIFEST_BYTES
-from agent.models import Manifest, ManifestRejected, Media, MediaRejected
+from agent.models import Manifest, ManifestRejected, Media, MediaRejected, Room
 from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class MediaSink(Protocol):
 
     def verified(self) -> frozenset[str]: ...
     def import_stream(self, source: BinaryIO, sha256: str, size: int, label: str) -> None: ...
-    def make_room(self, needed: int, limit: int, keep: set[str]) -> bool: ...
+    def make_room_for(self, size: int, limit: int, needed: set[str], old: set[str], on_screen: set[str]) -> Room: ...
     def flush_shown(self) -> None: ...
 
 
@@ -263,7 +263,11 @@ class FileSource:
                 file_signature = _signature(path)
                 if self._failed_files.get(media.sha256) == file_signature:
                     continue  # the same wrong file again: copying and hashing it would only wear the card
-                self._make_room(manifest, media)
+                if not self._make_room(manifest, media):
+                    # Looked at again at the next check (SAFETY_CHECK_S), once the switch has turned the screen.
+                    self._problems.report(f"media:{media.id}", f"media {media.id}: waits for the media on screen "
+                                          "to leave it: storage.cache_max_mb holds no more beside them")
+                    continue
                 with open_regular_file(path) as handle:
                     self._store.import_stream(handle, media.sha256, media.size, f"media {media.id} ({media.url})")
             except FileNotFoundError:
@@ -285,16 +289,17 @@ class FileSource:
             self._on_change()
 
 
-    def _make_room(self, manifest: Manifest, media: Media) -> None:
-        """As for HTTP: evict media neither manifest needs, then the old manifest's (never the one on screen)."""
+    def _make_room(self, manifest: Manifest, media: Media) -> bool:
+        """As for HTTP (MediaStore.make_room_for); False: once the media on screen have left it."""
         limit = self._cache_limit_bytes
-        needed = {m.sha256 for m in manifest.media}
         current = self._content.current()
-        old = {m.sha256 for m in current.media} if current is not None else set()
-        if self._store.make_room(media.size, limit, needed | old):
-            return
-        if self._store.make_room(media.size, limit, needed | self._on_screen()):
-            return
+        room = self._store.make_room_for(media.size, limit, {m.sha256 for m in manifest.media},
+                                         {m.sha256 for m in current.media} if current is not None else set(),
+                                         self._on_screen())
+        if room is Room.MADE:
+            return True
+        if room is Room.AFTER_SCREEN_CHANGES:
+            return False
         raise MediaRejected(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
                             f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs")
 

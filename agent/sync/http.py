@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import urljoin
 
 from agent.limits import MAX_MANIFEST_BYTES
-from agent.models import Manifest, ManifestRejected, Media
+from agent.models import Manifest, ManifestRejected, Media, Room
 from agent.sync.client import Backoff, ClientSettings, HostBackoff, HttpClient, SourceError
 from agent.sync.download import Downloader, MediaFailure, PartialStore
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_RETRY_BASE_S = 60.0
 MEDIA_RETRY_CAP_S = 3600.0
+SCREEN_TURN_RETRY_S = 5.0  # how soon media waiting for the screen to turn over look again (no network)
 
 
 class ManifestSink(Protocol):
@@ -47,8 +48,9 @@ class ManifestSink(Protocol):
 
 class MediaSink(PartialStore, Protocol):
     def verified(self) -> frozenset[str]: ...
-    def make_room(self, needed: int, limit: int, keep: set[str]) -> bool: ...
+    def make_room_for(self, size: int, limit: int, needed: set[str], old: set[str], on_screen: set[str]) -> Room: ...
     def flush_shown(self) -> None: ...
+    def prune_partials(self, keep: set[str]) -> int: ...
 
 
 class ProblemSink(Protocol):
@@ -207,6 +209,9 @@ class HttpSource:
         if target is None:
             return SyncOutcome()
         outcome = self._fetch_media(target)
+        current = self._content.current()
+        self._store.prune_partials({m.sha256 for m in target.media} |
+                                   ({m.sha256 for m in current.media} if current is not None else set()))
         if self._pending is not None and not outcome.waiting_media:
             # Everything is in, or failed for good (reported): switch.
             manifest, raw, etag = self._pending
@@ -269,7 +274,13 @@ class HttpSource:
                 waiting.append(media.id)
                 continue
             try:
-                self._make_room(manifest, media)
+                if not self._make_room(manifest, media):
+                    # The switch takes the old picture off the screen; this one follows it shortly.
+                    self._problems.report(f"media:{media.id}", f"media {media.id}: waits for the media on screen "
+                                          "to leave it: storage.cache_max_mb holds no more beside them")
+                    self._failed[media.sha256] = (Backoff(self._rng, MEDIA_RETRY_BASE_S, MEDIA_RETRY_CAP_S),
+                                                  self._mono() + SCREEN_TURN_RETRY_S)
+                    continue
                 self.downloader.fetch(media, url, self._store, f"media {media.id}")
             except MediaFailure as exc:
                 self._problems.report(f"media:{media.id}", str(exc))
@@ -294,16 +305,16 @@ class HttpSource:
             Backoff(self._rng, MEDIA_RETRY_BASE_S, MEDIA_RETRY_CAP_S)
         self._failed[media.sha256] = (backoff, self._mono() + backoff.next_delay())
 
-    def _make_room(self, manifest: Manifest, media: Media) -> None:
-        """Room for `media`: first from media neither manifest needs, then from the old manifest's,
-        never the one on screen (a turnover to a manifest that fills the cache on its own)."""
+    def _make_room(self, manifest: Manifest, media: Media) -> bool:
+        """Room for `media` (MediaStore.make_room_for); False: once the media on screen have left it."""
         limit = self.settings.cache_limit_bytes
-        needed = {m.sha256 for m in manifest.media}
         current = self._content.current()
-        old = {m.sha256 for m in current.media} if current is not None else set()
-        if self._store.make_room(media.size, limit, needed | old):
-            return
-        if self._store.make_room(media.size, limit, needed | self._on_screen()):
-            return
+        room = self._store.make_room_for(media.size, limit, {m.sha256 for m in manifest.media},
+                                         {m.sha256 for m in current.media} if current is not None else set(),
+                                         self._on_screen())
+        if room is Room.MADE:
+            return True
+        if room is Room.AFTER_SCREEN_CHANGES:
+            return False
         raise MediaFailure(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
                            f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs", permanent=True)
