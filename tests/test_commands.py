@@ -118,6 +118,27 @@ def test_a_command_outside_its_lifetime_or_from_v1_is_not_run(command_log: Comma
     assert "has no audience" in dropped[-1]
 
 
+def test_executed_ids_outlive_the_longest_command_lifetime(tmp_path: Path) -> None:
+    """A command may live 7 days; its id must be remembered past that across restarts (a replay is
+    refused as a duplicate while it could still be in its lifetime, and by expiry after)."""
+    clock = [1_800_000_000.0]
+    log_file = tmp_path / "commands.db"
+    first = CommandLog(log_file, now=lambda: clock[0])
+    first.open()
+    first.remember("cmd-1")
+    first.close()
+    clock[0] += 8 * 86400  # past any command's lifetime, after a restart
+    again = CommandLog(log_file, now=lambda: clock[0])
+    again.open()
+    assert again.seen("cmd-1")
+    again.close()
+    clock[0] += 40 * 86400  # long after: forgotten, the table stays small
+    later = CommandLog(log_file, now=lambda: clock[0])
+    later.open()
+    assert not later.seen("cmd-1")
+    later.close()
+
+
 def test_group_topics_require_the_group_in_the_audience(command_log: CommandLog, public_key_b64: str,
                                                         private_key: Any) -> None:
     def command(command_id: str, audience: list[str]) -> bytes:

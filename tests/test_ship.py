@@ -164,6 +164,12 @@ def test_sd_notify_ready_watchdog_status_and_stopping(tmp_path: Path, content_fo
         wait_for(lambda: sum(m == "WATCHDOG=1" for m in receive()) >= 4, timeout=10, what="periodic WATCHDOG=1")
         assert messages[0].startswith("READY=1\nSTATUS=")
         wait_for(lambda: any(m.startswith("STATUS=serial 1, img") for m in receive()), timeout=5, what="a STATUS line")
+        # A cold edit restarts in place: the unit stays active (#16.2): no STOPPING=1, READY=1 again.
+        config.write_text(config.read_text().replace("vinhthuan-ubnd-01", "anbinh-ubnd-02"))
+        wait_for(lambda: sum(m.startswith("READY=1") for m in receive()) >= 2, timeout=20,
+                 what="READY=1 again after the restart in place")
+        assert agent.status()["device"] == "anbinh-ubnd-02"
+        assert not any("STOPPING=1" in m for m in messages)
         assert agent.stop() == 0
         receive()
         assert "STOPPING=1" in messages

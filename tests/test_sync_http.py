@@ -228,6 +228,7 @@ def test_retry_after_is_honoured_and_backoff_is_capped(tmp_path, server, private
     delays = [backoff.next_delay() for _ in range(12)]
     assert delays[0] <= 10 and max(delays) <= 15 * 60 and delays[-1] >= 7.5 * 60
     assert Backoff(random.Random(3)).next_delay(retry_after=300) >= 300
+    assert Backoff(random.Random(3)).next_delay(retry_after=86400) <= 3600  # §2: a day's Retry-After is an hour
     assert parse_retry_after("120", 0) == 120
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470) == 10
 

@@ -88,16 +88,18 @@ def test_frames_are_presented_at_their_time_scaled_to_the_zone(renderer, tmp_pat
     centre = (160, 110)
     assert near(shot(r).get_at(centre), RED, 40)  # the first frame is there at once: no black start
     seen_blue = None
-    while time.monotonic() - started < 3:
+    while time.monotonic() - started < 6:
         frame = r.render(scene, T0, time.monotonic())
         if seen_blue is None and near(shot(r).get_at(centre), BLUE, 40):
             seen_blue = time.monotonic() - started
         if frame.finished_showing:
             break
         time.sleep(max(0.0, frame.next_change - time.monotonic()))
-    assert seen_blue is not None and 0.5 <= seen_blue <= 0.9  # blue from 0.6 s: presented on time
+    # Blue from 0.6 s: never early (the lower bound is the promise); the upper bounds only catch a
+    # gross drift, loose enough for a loaded CI machine (timing figures are bench_video's business).
+    assert seen_blue is not None and 0.5 <= seen_blue <= 1.5
     assert frame.finished_showing == "s1"  # no duration_s: the video's own length ends the showing
-    assert 1.0 <= time.monotonic() - started <= 1.7  # its own length: 12 frames at 10 fps
+    assert 1.0 <= time.monotonic() - started <= 3.0  # its own length: 12 frames at 10 fps
     stats = r.video_stats()
     assert stats is not None and stats["presented"] >= 8  # of 12 frames at 10 fps; few dropped
     # FFmpeg scaled the frames to the zone keeping the aspect ratio (16:9 into 320x151 → 268x150)
