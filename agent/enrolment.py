@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.limits import clip
+from agent.models import ProblemSink
 
 QR_PREFIX = "bangtin:board"
 SIOCGIFADDR = 0x8915
@@ -139,10 +140,6 @@ class RefusalLike(Protocol):
     @property
     def on_screen(self) -> str: ...
 
-
-class ProblemSink(Protocol):
-    def report(self, key: str, message: str) -> None: ...
-    def resolve(self, key: str) -> None: ...
 
 
 class EnrolmentScreen:

@@ -23,18 +23,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from agent.models import ProblemSink
 
 CEC_EVERY_S = 300.0
 CEC_TIMEOUT_S = 5.0
 POWER_STATE = re.compile(r"pwr-state:\s*([a-z-]+)")
 CONNECTOR = re.compile(r"card\d+-(.+)")
 MAX_CONNECTORS = 8
-
-
-class ProblemSink(Protocol):
-    def report(self, key: str, message: str) -> None: ...
-    def resolve(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)

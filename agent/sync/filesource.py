@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from agent.limits import MAX_MANIFEST_BYTES
-from agent.models import Manifest, ManifestRejected, Media, MediaRejected, Room
+from agent.models import Manifest, ManifestRejected, ManifestSink, Media, MediaRejected, ProblemSink, Room
 from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,6 @@ MANIFEST_NAME = "manifest.json"
 SETTLE_S = 0.3  # let a copy finish writing before reading; well inside the 2 s promise
 SAFETY_CHECK_S = 5.0
 
-
-class ManifestSink(Protocol):
-    """The core's side (agent/content.py): verifies, then makes current."""
-
-    def offer(self, raw: bytes, origin: str) -> Manifest | None: ...
-    def commit(self, manifest: Manifest, raw: bytes) -> None: ...
-    def media_changed(self) -> None: ...
-    def current(self) -> Manifest | None: ...
 
 
 class MediaSink(Protocol):
@@ -53,10 +45,6 @@ class MediaSink(Protocol):
     def make_room_for(self, size: int, limit: int, needed: set[str], old: set[str], on_screen: set[str]) -> Room: ...
     def flush_shown(self) -> None: ...
 
-
-class ProblemSink(Protocol):
-    def report(self, key: str, message: str) -> None: ...
-    def resolve(self, key: str) -> None: ...
 
 
 class _Wake(FileSystemEventHandler):

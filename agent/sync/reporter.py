@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.models import ProblemSink
 from agent.sync.client import Backoff, HttpClient, SourceError
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ class RecordQueue(Protocol):
     def pending(self) -> int: ...
     def enforce_limits(self, today: str) -> None: ...
 
-
-class ProblemSink(Protocol):
-    def report(self, key: str, message: str) -> None: ...
-    def resolve(self, key: str) -> None: ...
 
 
 class Reporter:
