@@ -38,6 +38,7 @@ from agent.health import Problems
 from agent.manifest import accept_manifest
 from agent.models import Alert, Manifest, PlayRecord
 from agent.player import Player
+from tests.video_files import make_mp4
 
 MEMORY_LIMIT = 3 * 1024**3  # address space: room for a 40-megapixel decode, not for a runaway
 FRAME_LIMIT_S = 1.0
@@ -62,8 +63,25 @@ class Board:
         self.renderer = Renderer(DisplaySettings(size[0], size[1], False, 30, 300, "BẢNG TIN", "fuzz"), self.store,
                                  PyAVBackend())
         self.renderer.open()
-        self.media: dict[tuple[int, int], dict[str, Any]] = {}
+        self.media: dict[object, dict[str, Any]] = {}  # by picture size, or ("video", kind)
         self.work = work
+
+    def video(self, kind: str) -> dict[str, Any]:
+        """A real MP4 in the verified store: short, odd-sized, or cut in half (a broken download the
+        province signed anyway); made once per kind."""
+        key = ("video", kind)
+        if key not in self.media:
+            path = self.work / f"video-{kind}.mp4"
+            size = (96, 320) if kind == "odd" else (160, 90)  # portrait into a landscape zone
+            make_mp4(path, [(200, 40, 40), (40, 40, 200)], seconds_each=0.2, fps=10, size=size)
+            if kind == "truncated":
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            data = path.read_bytes()
+            entry = {"id": f"m{len(self.media)}", "url": path.name, "sha256": hashlib.sha256(data).hexdigest(),
+                     "size": len(data), "type": "video/mp4"}
+            self.store.import_file(path, entry["sha256"], entry["size"], entry["id"])
+            self.media[key] = entry
+        return self.media[key]
 
     def image(self, size: tuple[int, int]) -> dict[str, Any]:
         """A real PNG of that size in the verified store (made once per size)."""
@@ -84,10 +102,15 @@ class Board:
 def manifests(draw: st.DrawFn, board: Board) -> dict[str, Any]:
     images = [board.image(draw(st.sampled_from([(1, 1), (64, 3000), (3000, 64), (1920, 1080), (4096, 4096),
                                                  (8192, 600)]))) for _ in range(draw(st.integers(0, 2)))]
+    videos = [board.video(draw(st.sampled_from(["plain", "odd", "truncated"]))) for _ in range(draw(st.integers(0, 1)))]
     media = {entry["id"]: entry for entry in images}
     items: list[dict[str, Any]] = []
     for n in range(draw(st.integers(1, 6))):
-        if images and draw(st.booleans()):
+        if videos and draw(st.booleans()):
+            duration = draw(st.none() | st.floats(0.05, 3))
+            items.append({"id": f"i{n}", "type": "video", "media": videos[0]["id"],
+                          **({"duration_s": duration} if duration is not None else {})})
+        elif images and draw(st.booleans()):
             items.append({"id": f"i{n}", "type": "image", "media": draw(st.sampled_from(sorted(media))),
                           "duration_s": draw(st.floats(0.05, 3)), "priority": draw(st.sampled_from(
                               ["normal", "high", "emergency"]))})
@@ -102,9 +125,24 @@ def manifests(draw: st.DrawFn, board: Board) -> dict[str, Any]:
                               **({"logo": draw(st.sampled_from(sorted(media)))} if media else {})},
                    "ticker": {"speed_px_s": draw(st.floats(1, 2000))},
                    "rotation": draw(st.sampled_from([0, 90, 180, 270]))},
-        "media": list(media.values()), "items": items,
+        "media": list(media.values()) + videos, "items": items,
         "ticker": [{"id": f"k{n}", "text": line} for n in range(ticker_lines)],
     }
+
+
+def regressions() -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
+    """Kept examples, run before the generated ones: each froze the loop on 8bde1ac (issue 10)."""
+    def manifest(items: list[dict[str, Any]], ticker: list[str], title: str = "UBND") -> dict[str, Any]:
+        return {"schema": "bangtin.manifest/1", "serial": 1, "issued_at": "2026-11-26T08:00:00+07:00",
+                "layout": {"header": {"title": title, "clock": True}, "ticker": {"speed_px_s": 2000}},
+                "media": [], "items": items, "ticker": [{"id": f"k{n}", "text": t} for n, t in enumerate(ticker)]}
+
+    text = {"id": "t", "type": "text", "title": "Thông báo", "body": "đ" * 4000, "duration_s": 1}
+    return [
+        (manifest([text], []), None),  # a 4000-character word: wrapping stepped back one character at a time
+        (manifest([text], ["-" * 1000] * 1000), None),  # the longest ticker the limits allow, unbroken
+        (manifest([text], [], title="Ư" * 200), ("a", "-" * 4000)),  # an unbroken alert body froze the loop ~37 s
+    ]
 
 
 class Fixed:
@@ -161,6 +199,8 @@ def main() -> int:
         total[0] += drive(board, document, alert)
 
     try:
+        for document, alert in regressions():  # inputs that once froze or crashed the board, first
+            total[0] += drive(board, document, alert)
         run()
     finally:
         board.renderer.close()
