@@ -51,6 +51,7 @@ from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit, changed_key
 from agent.logring import LogRing
 from agent.loop import DisplayLoop, Inbox, ScreenState
 from agent.manifest import DEFAULT_TIMEZONE
+from agent.meter import METER_FILE, DataMeter
 from agent.models import Alert, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
@@ -120,6 +121,7 @@ class Board:
     provisioner: Provisioner | None
     in_force: ConfigInForce
     status: StatusBuilder
+    meter: DataMeter
 
 
 def build(config: Config, identity: Identity | IdentityError | None = None, logs: LogRing | None = None,
@@ -152,6 +154,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                     max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
     writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
     guard = StartGuard(storage / "starts.json")
+    meter = DataMeter(storage / METER_FILE, lambda: _today(content, clock), writer.write_file)
     alerts = AlertStore(storage / ALERTS_FILE, writer.write_file)
     withdrawn = WithdrawnStore(storage / WITHDRAWN_FILE, writer.write_file)
     command_log = CommandLog(storage / "commands.sqlite")
@@ -202,7 +205,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                                 ca_file=config.source.ca_file, poll_interval_s=config.source.poll_interval_s,
                                 cache_limit_bytes=cache_limit, user_agent=f"bangtin-agent/{__version__}")
         client = HttpClient(ClientSettings(settings.base_url, settings.token, settings.ca_file, settings.user_agent),
-                            clock.set_offset, signer=board_key.signature_header if board_key is not None else None)
+                            clock.set_offset, signer=board_key.signature_header if board_key is not None else None,
+                            count=meter.add)
         source = HttpSource(settings, content, store, problems, stop, on_change,
                             media_order=lambda manifest: schedule.media_in_order_of_need(
                                 manifest, clock.now(), player.current_item_id),
@@ -232,7 +236,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         return MqttLink(mqtt_settings, commands.handle,
                         lambda: status.heartbeat(count_frames=client is None).to_json(), link_stop, rng,
                         refresh_s=None if client is not None else config.report.heartbeat_interval_s,
-                        on_refused=commands.drop)
+                        on_refused=commands.drop, count=meter.add)
 
     mqtt = MqttSlot(make_link, _mqtt_settings(config), stop)
     updater = Updater(
@@ -270,7 +274,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
         identity=_identity_status(identity), provision=provisioner, settings=lambda: in_force.sources(),
-        screen_health=lambda since_last: screen_health.read(since_last=since_last),
+        screen_health=lambda since_last: screen_health.read(since_last=since_last), meter=meter,
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
     in_force = ConfigInForce(config, lambda new, changed: _apply_edit(lifecycle, targets, new, changed),
@@ -280,7 +284,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         lambda found: _config_refused(problems, found), stop) if config.path else None
     return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
                  withdrawn, command_log, player, renderer, loop, client, source, reporter, mqtt, power, control,
-                 config_watcher, updater, enrolment, provisioner, in_force, status)
+                 config_watcher, updater, enrolment, provisioner, in_force, status, meter)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -295,6 +299,9 @@ def run_board(board: Board) -> int:
     board.outbox.open()
     board.command_log.open()
     board.control.open()
+    meter_problem = board.meter.load()
+    if meter_problem:
+        board.problems.report("meter", meter_problem)
     previous_handlers = _install_signals(lifecycle, board.loop.inbox)
     services = Services()
     run_events = RunEvents(storage, board.writer, __version__)  # start and stop in the journal (the yearly report)
@@ -339,6 +346,7 @@ def run_board(board: Board) -> int:
         if clean:
             board.writer.call(board.guard.ended_well)
         services.stop_all()
+        board.meter.save_now()  # after every network thread has ended: their last bytes are in
         board.loop.inbox.fail_pending()
         board.renderer.close()
         board.outbox.close()

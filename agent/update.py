@@ -293,7 +293,7 @@ class Updater:
             self._store.verify_existing([(media.sha256, media.size)])
             path = self._store.path_for(media.sha256)
         if path is None:
-            self._downloader.fetch(media, url, self._store, label)
+            self._downloader.fetch(media, url, self._store, label, kind="update")
             path = self._store.path_for(media.sha256)
         assert path is not None
         return Path(path)

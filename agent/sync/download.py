@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Protocol
 
 from agent.models import Media, MediaRejected
 from agent.sync.client import HttpClient, SourceError
+from agent.wire import TrafficKind
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class Downloader:
         progress = self._progress
         return dict(progress) if progress else None
 
-    def fetch(self, media: Media, url: str, store: PartialStore, label: str) -> None:
-        """Download (or resume) `media` from `url` into `store`; MediaFailure says why not."""
+    def fetch(self, media: Media, url: str, store: PartialStore, label: str, *, kind: TrafficKind = "media") -> None:
+        """Download (or resume) `media` from `url` into `store`; MediaFailure says why not. `kind`
+        names the bytes in the data meter (agent releases are `update`)."""
         sha = media.sha256
         have = store.partial_size(sha)
         validator = store.partial_validator(sha)
@@ -68,7 +70,7 @@ class Downloader:
         deadline = time.monotonic() + deadline_s
         log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
         try:
-            with self._client.get(url, headers, deadline_s) as reply:
+            with self._client.get(url, headers, deadline_s, kind=kind) as reply:
                 if reply.status_code == 416:
                     store.discard_partial(sha)  # the server says our offset is past its file: start over
                     raise SourceError("416 Range Not Satisfiable: restarting the download")

@@ -213,7 +213,8 @@ class HttpSource:
         etag = pending_etag or self._content.etag
         headers = {"If-None-Match": etag} if etag else {}
         deadline = time.monotonic() + self.settings.manifest_deadline_s
-        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as reply:
+        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s,
+                              kind="manifest") as reply:
             if reply.status_code == 304:
                 self.last_sync_ok_at = time.time()
                 return
