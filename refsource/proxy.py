@@ -121,18 +121,19 @@ class CountingProxy:
                     if not data:
                         closed_by = "board" if direction == "up" else "server"
                         break
-                    try:
-                        other.sendall(data)
-                    except OSError:
-                        closed_by = "server" if direction == "up" else "board"
-                        break
                     last = time.monotonic()
-                    with self._lock:
+                    with self._lock:  # counted before it is passed on: whoever has the bytes sees them counted
                         flow.events.append((last, direction, len(data)))
                         if direction == "up":
                             flow.up += len(data)
                         else:
                             flow.down += len(data)
+                    try:
+                        other.sendall(data)
+                    except OSError:
+                        # The other side is gone: what arrived still crossed this side's link, and counts.
+                        closed_by = "server" if direction == "up" else "board"
+                        break
         segments = _segments(board)
         for sock in (board, server):
             try:

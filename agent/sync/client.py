@@ -15,6 +15,7 @@ import gzip
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -157,6 +158,12 @@ class Reply:
     def close(self) -> None:
         self._meter()
         self._guard.cancel()
+        raw = self.response.raw
+        if raw.length_remaining == 0 and not raw.closed:
+            # Nothing left to read (a 304, a 204, a body read to its end): the connection goes back to
+            # the pool. Closing the answer would close the connection too, and the next request would
+            # pay a new TCP and TLS handshake on the SIM. A body cut short still closes it.
+            raw.drain_conn()
         self.response.close()
 
 
@@ -234,12 +241,69 @@ class _Tracked(HTTPConnection):
         super().close()
 
 
+class _TrackedHTTPS(_Tracked, HTTPSConnection):
+    def connect(self) -> None:
+        if self.ssl_context is None:
+            self.ssl_context = self.hooks.tls  # offers the server the session of the last connection
+        super().connect()
+
+
+class ResumingContext(ssl.SSLContext):
+    """The client's TLS context: it offers each server the session of the last connection to it, so
+    a new connection (the server closed the idle one) resumes instead of paying a full handshake —
+    no certificate chain, no key exchange signature: about a kilobyte less on the SIM each time
+    (bench/bench_report.py). urllib3 wraps its sockets through `wrap_socket` and knows nothing of
+    sessions, so they are kept here, per server name and port. A resumed session is one this context
+    verified; a change of CA file makes a new client, and a new context."""
+
+    def __new__(cls) -> ResumingContext:
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self) -> None:
+        # As urllib3's own context, less OP_NO_TICKET: the tickets are the point.
+        self.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.hostname_checks_common_name = False
+        self._sessions: dict[tuple[str | None, int], ssl.SSLSession] = {}
+        self._lock = threading.Lock()
+
+    def wrap_socket(self, sock: Any, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        name = server_hostname.decode() if isinstance(server_hostname, bytes) else server_hostname
+        if session is None and not server_side:
+            with self._lock:
+                session = self._sessions.get((name, _peer_port(sock)))
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs, server_hostname,
+                                   session)
+
+    def remember(self, sock: Any) -> None:
+        """Keep `sock`'s session (with TLS 1.3, its tickets arrive after the handshake: call this
+        after an answer has been read)."""
+        if not isinstance(sock, ssl.SSLSocket) or sock.server_side:
+            return
+        try:
+            session = sock.session
+        except (OSError, ValueError):
+            return
+        if session is not None and (session.has_ticket or session.id):
+            with self._lock:
+                self._sessions[(sock.server_hostname, _peer_port(sock))] = session
+
+
+def _peer_port(sock: Any) -> int:
+    try:
+        return int(sock.getpeername()[1])
+    except (OSError, IndexError, TypeError):
+        return 0
+
+
 @dataclass
 class _Hooks:
     connections: dict[int, HTTPConnection]
     kinds: dict[int, TrafficKind]  # thread id → what its request in flight is for
     tcp_read: TcpCounters
     sample: Callable[[HTTPConnection, TrafficKind], None]
+    tls: ResumingContext
 
 
 def _tracking_adapter(hooks: _Hooks) -> HTTPAdapter:
@@ -248,7 +312,7 @@ def _tracking_adapter(hooks: _Hooks) -> HTTPAdapter:
     class TrackedHTTP(_Tracked):
         pass
 
-    class TrackedHTTPS(_Tracked, HTTPSConnection):
+    class TrackedHTTPS(_TrackedHTTPS):
         pass
 
     TrackedHTTP.hooks = TrackedHTTPS.hooks = hooks
@@ -281,7 +345,8 @@ class HttpClient:
         self._connections: dict[int, HTTPConnection] = {}
         self._kinds: dict[int, TrafficKind] = {}
         self._session = requests.Session()
-        adapter = _tracking_adapter(_Hooks(self._connections, self._kinds, tcp_read, self._sample))
+        self._tls = ResumingContext()
+        adapter = _tracking_adapter(_Hooks(self._connections, self._kinds, tcp_read, self._sample, self._tls))
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         # Every byte of every request is paid for: no "Accept: */*", no "Connection: keep-alive"
@@ -377,6 +442,7 @@ class HttpClient:
         reading = gauge.take(connection.sock)
         if reading.total:
             self._count(kind, reading)
+            self._tls.remember(connection.sock)  # the freshest session (and tickets) for the next connection
 
     def _sample_thread(self, kind: TrafficKind) -> None:
         connection = self._connections.get(threading.get_ident())
