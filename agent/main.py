@@ -210,7 +210,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         source = HttpSource(settings, content, store, problems, stop, on_change,
                             media_order=lambda manifest: schedule.media_in_order_of_need(
                                 manifest, clock.now(), player.current_item_id),
-                            client=client, rng=rng, on_screen=on_screen, prepare=prepare)
+                            client=client, rng=rng, on_screen=on_screen, prepare=prepare,
+                            on_polled=lambda: reporter.source_polled() if reporter is not None else None)
 
     dispatcher = Dispatcher(Actions(
         on_display=loop.post,
@@ -254,7 +255,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
             problems=problems, stop=stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
             today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng,
-            board_key=board_key.public_b64 if board_key is not None else None)
+            board_key=board_key.public_b64 if board_key is not None else None,
+            poll_in=source.next_poll_in if isinstance(source, HttpSource) else lambda: None)
     control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
     screen_health = ScreenHealth(lambda: renderer.frames, problems)
     provision_keys = load_trusted_keys(config.security.provision_keys)

@@ -74,7 +74,8 @@ def test_each_request_is_counted_as_the_proxy_sees_it_under_its_kind(tls_source,
     tally = Tally()
     client = HttpClient(ClientSettings(base, TOKEN, str(ca_file), "bangtin-agent/test"), count=tally)
     def fetch(url: str, kind: TrafficKind) -> bytes:
-        return client.read_limited(client.get(url, {}, 30, kind=kind), 1 << 20, time.monotonic() + 30)
+        with client.get(url, {}, 30, kind=kind) as reply:
+            return client.read_limited(reply, 1 << 20, time.monotonic() + 30)
 
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("manifest", lambda: fetch(f"{base}/devices/{DEVICE}/manifest", "manifest")),
@@ -273,3 +274,82 @@ def test_ctl_status_shows_the_meter_in_one_line() -> None:
         "month": {"date": "2026-11", "total": 45_600_000, "by_kind": {}}}}
     line = next(line for line in format_status(status).splitlines() if line.startswith("data"))
     assert line == "data            today 1.23 MB (manifest 34.6 kB, media 1.20 MB), this month 45.60 MB"
+
+
+# --- spending less: resumed TLS, rounds that share a connection ---------------------------------
+
+
+def test_a_new_connection_resumes_the_last_tls_session(tls_source) -> None:
+    server, proxy, ca_file = tls_source
+    proxy.idle_close_s = 0.2  # the server closes idle connections, as nginx does after 75 s
+    server.publish(DEVICE, b'{"serial": 1}')
+    base = f"https://127.0.0.1:{proxy.port}{BASE}"
+    client = HttpClient(ClientSettings(base, TOKEN, str(ca_file), "bangtin-agent/test"))
+    for n in range(3):
+        with client.get(f"{base}/devices/{DEVICE}/manifest", {}, 10, kind="manifest") as reply:
+            client.read_limited(reply, 1 << 20, time.monotonic() + 10)
+        wait_for(lambda n=n: len([f for f in proxy.snapshot() if f.closed_by == "idle"]) == n + 1,
+                 what="the idle connection closed")
+    assert [r.tls_resumed for r in server.state.requests] == [False, True, True]
+    flows = proxy.snapshot()
+    assert flows[1].total < flows[0].total - 400 and flows[2].total == pytest.approx(flows[1].total, abs=40)
+    client.close()
+
+
+def test_records_go_with_the_heartbeat_and_a_round_rides_on_the_poll() -> None:
+    from agent.sync.reporter import ALIGN, ReportTimer
+
+    timer = ReportTimer(600, 600, random.Random(1), now=0.0)
+    timer.next_heartbeat, timer.next_upload = 600.0, 620.0
+    assert timer.due(500.0, polled=False, poll_in=None) == (False, False)
+    # Due at 600; the source polls 40 s later: the round waits for the poll, and the upload goes with it.
+    assert timer.due(600.0, polled=False, poll_in=40.0) == (False, False)
+    assert timer.wake_at(600.0) == 620.0  # the upload's own time: it waits for the poll too
+    assert timer.due(620.0, polled=False, poll_in=20.0) == (False, False)
+    assert timer.wake_at(620.0) == 600 + ALIGN * 600  # the longest the heartbeat waits for the poll
+    assert timer.due(640.0, polled=True, poll_in=300.0) == (True, True)
+    # A poll shortly before a round is due carries it early; one long before does not.
+    timer.heartbeat_sent(640.0, 600.0)
+    timer.uploaded(640.0, 600.0)
+    assert timer.due(640.0 + 300, polled=True, poll_in=300.0) == (False, False)
+    assert timer.due(640.0 + 500, polled=True, poll_in=300.0) == (True, True)
+    # A poll that does not come (the source is downloading): the round goes alone at the limit.
+    timer.heartbeat_sent(1140.0, 600.0)
+    timer.uploaded(1140.0, 600.0)
+    assert timer.due(1740.0 + ALIGN * 600 - 1, polled=False, poll_in=0.0) == (False, False)
+    assert timer.due(1740.0 + ALIGN * 600, polled=False, poll_in=0.0) == (True, True)
+    # Records that would come due before the next heartbeat go with this one; later ones wait.
+    rare = ReportTimer(60, 600, random.Random(1), now=0.0)
+    rare.next_heartbeat, rare.next_upload = 60.0, 500.0
+    assert rare.due(60.0, polled=False, poll_in=None) == (True, False)
+    rare.next_upload = 100.0
+    assert rare.due(60.0, polled=False, poll_in=None) == (True, True)
+    # Uploads more often than heartbeats keep their own pace.
+    fast = ReportTimer(600, 30, random.Random(1), now=0.0)
+    fast.next_heartbeat, fast.next_upload = 600.0, 30.0
+    assert fast.due(30.0, polled=False, poll_in=None) == (False, True)
+
+
+def test_the_agents_heartbeat_and_records_ride_on_a_poll_sharing_its_connection(
+        tmp_path, tls_source, private_key, public_key_b64, agent_factory) -> None:
+    server, proxy, ca_file = tls_source
+    proxy.idle_close_s = 3.0  # well below the time between polls: each poll opens a connection
+    publish_poster(server, tmp_path, private_key, size=1000)
+    # The defaults' proportions (poll 300 s, reports 600 s), compressed: every other poll carries a round.
+    config = https_board_config(tmp_path, f"https://127.0.0.1:{proxy.port}{BASE}", ca_file, [public_key_b64], None,
+                                report={"heartbeat_interval_s": 20, "upload_interval_s": 20})
+    agent = agent_factory(config).start()
+    wait_for(lambda: len(server.requests_to("/playlogs")) >= 2 and len(server.requests_to("/heartbeat")) >= 2,
+             timeout=60, what="a second heartbeat and its records")
+    agent.stop()
+    by_connection: dict[int, list[str]] = {}
+    for record in sorted(server.state.requests, key=lambda r: r.at):
+        by_connection.setdefault(record.peer_port, []).append(record.path.rsplit("/", 1)[-1])
+    with_heartbeat = [paths for paths in by_connection.values() if "heartbeat" in paths]
+    # The first heartbeat comes soon after the start, on its own; every later one follows a poll on
+    # the poll's connection, and the records follow it.
+    assert all(paths[:3] == ["manifest", "heartbeat", "playlogs"] for paths in with_heartbeat[1:]), by_connection
+    assert len(with_heartbeat) >= 2
+    polls = [r for r in server.state.requests if r.path.endswith("/manifest")]
+    assert all(len(paths) <= 4 for paths in by_connection.values())  # no connection outlives a round
+    assert all(r.tls_resumed for r in polls[1:])  # a reconnect resumes TLS

@@ -96,6 +96,7 @@ class HttpSource:
         on_screen: Callable[[], set[str]] = set,
         prepare: Callable[[], bool] = lambda: False,
         mono: Callable[[], float] = time.monotonic,
+        on_polled: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self._content = content
@@ -106,6 +107,8 @@ class HttpSource:
         self._media_order = media_order
         self._on_screen = on_screen  # sha256 of media being shown: never evicted
         self._prepare = prepare  # run first on the thread (restoring content); True = poll at once
+        self._on_polled = on_polled  # the reporter: its round can share the connection the poll just used
+        self._next_poll_at: float | None = None
         self._rng = rng
         self._mono = mono
         self._poll_backoff = Backoff(rng)
@@ -155,6 +158,11 @@ class HttpSource:
 
     status = health
 
+    def next_poll_in(self) -> float | None:
+        """Seconds to the next manifest poll; None while a round is running (a download may take long)."""
+        at = self._next_poll_at
+        return None if at is None else max(0.0, at - self._mono())
+
     def busy(self) -> bool:
         """Content is on its way (a new manifest's media, a download running): other transfers wait."""
         return self._pending is not None or self.downloader.progress() is not None
@@ -167,9 +175,11 @@ class HttpSource:
             poll_now = True
         # A random first delay spreads a district's boards after a power cut comes back.
         first = 0.0 if poll_now else self._rng.uniform(0, min(10.0, self.settings.poll_interval_s / 10))
+        self._next_poll_at = self._mono() + first
         self._wake.wait(first)
         while not self._stop.is_set():
             self._wake.clear()
+            self._next_poll_at = None
             try:
                 outcome = self.sync_once()
                 self._poll_backoff.reset()
@@ -185,6 +195,7 @@ class HttpSource:
             except Exception:  # a bug must not end the thread: the board keeps trying
                 log.exception("http source failed")
                 delay = self._poll_backoff.next_delay()
+            self._next_poll_at = self._mono() + delay
             self._wake.wait(delay)
 
     # --- one round -------------------------------------------------------------------------------
@@ -215,14 +226,15 @@ class HttpSource:
         deadline = time.monotonic() + self.settings.manifest_deadline_s
         with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s,
                               kind="manifest") as reply:
-            if reply.status_code == 304:
-                self.last_sync_ok_at = time.time()
-                return
-            if reply.status_code != 200:
+            unchanged = reply.status_code == 304
+            if not unchanged and reply.status_code != 200:
                 raise self._client.http_error(reply, "manifest")
-            raw = self._client.read_limited(reply, MAX_MANIFEST_BYTES, deadline)
+            raw = b"" if unchanged else self._client.read_limited(reply, MAX_MANIFEST_BYTES, deadline)
             new_etag = reply.headers.get("ETag")
         self.last_sync_ok_at = time.time()
+        self._on_polled()  # the connection is back in the pool: the reporter's round can take it
+        if unchanged:
+            return
         try:
             manifest = self._content.offer(raw, self.settings.manifest_url)
         except ManifestRejected:
