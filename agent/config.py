@@ -160,8 +160,11 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    heartbeat_interval_s: int = setting(60, check=_at_least(10))
-    upload_interval_s: int = setting(30, check=_at_least(1))
+    # Every 10 minutes, the records with the heartbeat, riding on every other manifest poll: measured
+    # over TLS, a heartbeat a minute and uploads every 30 s cost 130 MB a month on a SIM, these 38 MB
+    # (docs/metered.md, bench/bench_report.py).
+    heartbeat_interval_s: int = setting(600, check=_at_least(10))
+    upload_interval_s: int = setting(600, check=_at_least(1))
     batch_size: int = setting(200, check=_in_range(1, 5000))
     outbox_max_records: int = setting(90 * 24 * 360, check=_at_least(1000))  # 90 days of 10-second items
     journal_days: int = setting(400, check=_in_range(1, 3650))
