@@ -310,11 +310,21 @@ def format_status(status: dict[str, Any]) -> str:
         eta = _(", about {seconds} s left").format(seconds=download["eta_s"]) if download.get("eta_s") is not None else ""
         rows.append((_("downloading"), _("{media}: {done}/{total} bytes").format(
             media=download["media"], done=download["bytes_done"], total=download["bytes_total"]) + eta))
+    held = sync.get("held") or []
+    if held:
+        names = ", ".join(entry["media"] for entry in held[:5]) + (", …" if len(held) > 5 else "")
+        rows.append((_("waiting"), ngettext(
+            "{count} large file ({size}) until {until}, the next downloads.windows: {names}",
+            "{count} large files ({size}) until {until}, the next downloads.windows: {names}", len(held)).format(
+                count=len(held), size=_size(sum(entry["bytes"] for entry in held)),
+                until=min(entry["until"] for entry in held), names=names)))
     update = status.get("update") or {}
     if update.get("state") == "off":
         rows.append((_("update"), _("off ({reason})").format(reason=update.get("reason"))))
     elif update:
         detail = f": {update['error']}" if update.get("error") else ""
+        if update.get("waiting_until"):
+            detail += "  " + _("(waiting for downloads.windows until {until})").format(until=update["waiting_until"])
         rows.append((_("update"), _("release {serial} ({version}) {state}").format(
             serial=update.get("serial", "-"), version=update.get("version", "-"), state=update.get("state")) + detail))
     data = status.get("data") or {}

@@ -110,10 +110,19 @@ def _log_level(value: str) -> str | None:
 CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
+MAX_DOWNLOAD_WINDOWS = 24  # more would be a typo; a SIM's cheap hours are one or two stretches
+
+
 def _windows(value: tuple[tuple[str, str], ...]) -> str | None:
-    for window in value:
+    if len(value) > MAX_DOWNLOAD_WINDOWS:
+        return _("at most {count} windows").format(count=MAX_DOWNLOAD_WINDOWS)
+    for index, window in enumerate(value):
         if len(window) != 2 or not all(CLOCK_TIME.fullmatch(end) for end in window):
-            return _('a list of ["HH:MM", "HH:MM"] windows (local time; an end before its start wraps past midnight)')
+            return _('["HH:MM", "HH:MM"] windows of local time, 00:00-23:59; an end before its start wraps past '
+                     'midnight (window {index} is {window})').format(index=index + 1, window=show_value(list(window)))
+        if window[0] == window[1]:
+            return _("windows whose start and end differ (window {index} is {window}; for any time of day "
+                     "leave the list empty)").format(index=index + 1, window=show_value(list(window)))
     return None
 
 

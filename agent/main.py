@@ -13,6 +13,7 @@ Threads (docs/design.md has the full table): MainThread owns pygame, the player 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 import logging
 import os
@@ -41,6 +42,7 @@ from agent.ctlsocket import ControlServer
 from agent.display import kms
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
+from agent.downloads import DownloadRules, Windows
 from agent.enrolment import EnrolmentCard, EnrolmentScreen, NoSource, qr_text, waiting_lines
 from agent.envelope import load_trusted_keys
 from agent.events import RunEvents, manifest_changed, stop_reason
@@ -210,7 +212,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         source = HttpSource(settings, content, store, problems, stop, on_change,
                             media_order=lambda manifest: schedule.media_in_order_of_need(
                                 manifest, clock.now(), player.current_item_id),
-                            client=client, rng=rng, on_screen=on_screen, prepare=prepare,
+                            client=client, rng=rng, on_screen=on_screen, prepare=prepare, now=clock.now,
+                            downloads=DownloadRules.from_config(config.downloads.windows, config.downloads.small_mb),
                             on_polled=lambda: reporter.source_polled() if reporter is not None else None)
 
     dispatcher = Dispatcher(Actions(
@@ -246,6 +249,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         downloader=source.downloader if isinstance(source, HttpSource) else None, stop=stop,
         health_s=lambda: lifecycle.config.update.health_s,
         may_download=lambda: not loop.state.emergency and not (isinstance(source, HttpSource) and source.busy()),
+        windows=Windows(lambda: source.downloads, clock.now, lambda: _zone(content))
+        if isinstance(source, HttpSource) else None,
         restart=lambda: _request_update_restart(lifecycle, inbox), python=base_python(),
         report=lambda problem: problems.report("update", problem) if problem else problems.resolve("update"))
     if client is not None:
@@ -517,10 +522,15 @@ def _mqtt_settings(config: Config) -> MqttSettings | None:
                         ca_file=config.mqtt.ca_file)
 
 
-def _today(content: Content, clock: Clock) -> str:
-    """The local date (manifest's zone) for journal pruning."""
+def _zone(content: Content) -> dt.tzinfo:
+    """The board's local time zone: the current manifest's."""
     manifest = content.current()
-    return clock.now().astimezone(schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)).date().isoformat()
+    return schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)
+
+
+def _today(content: Content, clock: Clock) -> str:
+    """The local date (manifest's zone) for journal pruning and the data meter."""
+    return clock.now().astimezone(_zone(content)).date().isoformat()
 
 
 def _display_status(renderer: Renderer, started: float) -> dict[str, Any]:
@@ -580,8 +590,15 @@ def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpS
         if not lifecycle.log_level_pinned:
             logging.getLogger().setLevel(level)
 
+    def downloads(windows: tuple[tuple[str, str], ...], small_mb: float) -> None:
+        if isinstance(source, HttpSource):
+            rules = DownloadRules.from_config(windows, small_mb)
+            if rules != source.downloads:
+                source.downloads = rules
+                source.request_sync()  # a file that waited may come now (or one running must pause)
+
     return LiveTargets(poll_interval, report, outbox_limits, display, power_commands,
-                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place, log_level)
+                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place, log_level, downloads)
 
 
 def _apply_edit(lifecycle: Lifecycle, targets: LiveTargets, new: Config, changed: set[str]) -> bool:

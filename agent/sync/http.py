@@ -11,10 +11,16 @@ A new manifest becomes current once its media are in (or failed for good), so th
 plays on meanwhile; on a first boot with nothing to play it becomes current at once and items
 appear as their media are verified. When the new media do not fit beside the old ones, old media
 the new manifest does not need are evicted (never the one on screen).
+
+With download windows (`downloads.windows`, agent/downloads.py) large media wait for a window;
+they do not hold a new manifest back: it becomes current once everything that may come now is in
+(an emergency, a withdrawn bulletin, new text must not wait for the night), and items whose media
+wait play from the window on. `health()` lists what waits and until when.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import threading
@@ -24,16 +30,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
+from agent.downloads import DownloadRules, Hold
 from agent.limits import MAX_MANIFEST_BYTES
 from agent.models import Manifest, ManifestRejected, ManifestSink, Media, ProblemSink, Room
 from agent.sync.client import Backoff, ClientSettings, HostBackoff, HttpClient, SourceError
-from agent.sync.download import Downloader, MediaFailure, PartialStore
+from agent.sync.download import Downloader, DownloadPaused, MediaFailure, PartialStore
 
 log = logging.getLogger(__name__)
 
 MEDIA_RETRY_BASE_S = 60.0
 MEDIA_RETRY_CAP_S = 3600.0
 SCREEN_TURN_RETRY_S = 5.0  # how soon media waiting for the screen to turn over look again (no network)
+PAUSE_ROUNDING = dt.timedelta(minutes=1)  # windows are whole minutes
 
 
 
@@ -74,6 +82,7 @@ class SyncOutcome:
 
     waiting_media: tuple[str, ...] = ()  # media ids not yet in because of a transient failure
     retry_media_in_s: float | None = None
+    held_media: tuple[str, ...] = ()  # media ids waiting for a download window (downloads.windows)
 
 
 class HttpSource:
@@ -97,8 +106,11 @@ class HttpSource:
         prepare: Callable[[], bool] = lambda: False,
         mono: Callable[[], float] = time.monotonic,
         on_polled: Callable[[], None] = lambda: None,
+        downloads: DownloadRules | None = None,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.settings = settings
+        self.downloads = downloads or DownloadRules()  # replaced whole by a live config edit
         self._content = content
         self._store = store
         self._problems = problems
@@ -111,6 +123,8 @@ class HttpSource:
         self._next_poll_at: float | None = None
         self._rng = rng
         self._mono = mono
+        self._now = now  # the board's corrected clock: windows are wall-clock times
+        self._held: dict[str, Hold] = {}  # media id → the window it waits for (this round's view)
         self._poll_backoff = Backoff(rng)
         self._hosts = HostBackoff(rng, mono)
         self._wake = threading.Event()
@@ -153,6 +167,8 @@ class HttpSource:
         return {
             "pending_manifest_serial": pending[0].serial if pending else None,
             "download": self.downloader.progress(),
+            "held": [{"media": media_id, "bytes": hold.size, "until": hold.until.isoformat(timespec="minutes"),
+                      "because": "downloads.windows"} for media_id, hold in dict(self._held).items()],
             "failures_in_a_row": self._poll_backoff.failures,
         }
 
@@ -258,13 +274,20 @@ class HttpSource:
     def _fetch_media(self, manifest: Manifest) -> SyncOutcome:
         """Download missing media one at a time in order of need; a failing host waits on its own."""
         waiting: list[str] = []
+        held: dict[str, Hold] = {}
         now = self._mono()
+        rules = self.downloads
         for media in self._media_order(manifest):
             if self._stop.is_set():
                 waiting.append(media.id)
                 break
             if media.sha256 in self._store.verified():
                 self._problems.resolve(f"media:{media.id}")
+                continue
+            hold = rules.hold_media(manifest, media, self._now())
+            if hold is not None:
+                held[media.id] = hold
+                self._problems.resolve(f"media:{media.id}")  # waiting for its window is not a fault
                 continue
             failed = self._failed.get(media.sha256)
             if failed is not None and failed[1] > now:
@@ -281,7 +304,17 @@ class HttpSource:
                     self._failed[media.sha256] = (Backoff(self._rng, MEDIA_RETRY_BASE_S, MEDIA_RETRY_CAP_S),
                                                   self._mono() + SCREEN_TURN_RETRY_S)
                     continue
-                self.downloader.fetch(media, url, self._store, f"media {media.id}")
+                self.downloader.fetch(media, url, self._store, f"media {media.id}",
+                                      pause_after_s=rules.media_seconds_left(manifest, media, self._now()))
+            except DownloadPaused as exc:
+                log.info("%s", exc)
+                # Paused in the window's last minute: a minute on, it has closed and the next one is known.
+                hold = rules.hold_media(manifest, media, self._now() + PAUSE_ROUNDING)
+                if hold is not None:
+                    held[media.id] = hold
+                else:
+                    waiting.append(media.id)  # another window opens at once: the next round goes on
+                continue
             except MediaFailure as exc:
                 self._problems.report(f"media:{media.id}", str(exc))
                 if exc.permanent:
@@ -295,10 +328,13 @@ class HttpSource:
             self._problems.resolve(f"media:{media.id}")
             self._content.media_changed()
             self._on_change()
+        self._held = held
         retries = [until - self._mono() for _, until in self._failed.values()]
+        # A second into the window, so the next round finds it open.
+        windows = [(hold.until - self._now()).total_seconds() + 1.0 for hold in held.values()]
         host_wait = self._hosts.earliest_s()
-        candidates = [t for t in (*retries, host_wait) if t is not None]
-        return SyncOutcome(tuple(waiting), max(0.0, min(candidates)) if candidates else None)
+        candidates = [t for t in (*retries, *windows, host_wait) if t is not None]
+        return SyncOutcome(tuple(waiting), max(0.0, min(candidates)) if candidates else None, tuple(held))
 
     def _failed_for_good(self, media: Media) -> None:
         backoff = self._failed[media.sha256][0] if media.sha256 in self._failed else \
