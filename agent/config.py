@@ -170,7 +170,7 @@ class MqttConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     # Every 10 minutes, the records with the heartbeat, riding on every other manifest poll: measured
-    # over TLS, a heartbeat a minute and uploads every 30 s cost 130 MB a month on a SIM, these 38 MB
+    # over TLS, a heartbeat a minute and uploads every 30 s cost 155 MB a month on a SIM, these 38 MB
     # (docs/metered.md, bench/bench_report.py).
     heartbeat_interval_s: int = setting(600, check=_at_least(10))
     upload_interval_s: int = setting(600, check=_at_least(1))
