@@ -310,16 +310,50 @@ def format_status(status: dict[str, Any]) -> str:
         eta = _(", about {seconds} s left").format(seconds=download["eta_s"]) if download.get("eta_s") is not None else ""
         rows.append((_("downloading"), _("{media}: {done}/{total} bytes").format(
             media=download["media"], done=download["bytes_done"], total=download["bytes_total"]) + eta))
+    held = sync.get("held") or []
+    if held:
+        names = ", ".join(entry["media"] for entry in held[:5]) + (", …" if len(held) > 5 else "")
+        rows.append((_("waiting"), ngettext(
+            "{count} large file ({size}) until {until}, the next downloads.windows: {names}",
+            "{count} large files ({size}) until {until}, the next downloads.windows: {names}", len(held)).format(
+                count=len(held), size=_size(sum(entry["bytes"] for entry in held)),
+                until=min(entry["until"] for entry in held), names=names)))
     update = status.get("update") or {}
     if update.get("state") == "off":
         rows.append((_("update"), _("off ({reason})").format(reason=update.get("reason"))))
     elif update:
         detail = f": {update['error']}" if update.get("error") else ""
+        if update.get("waiting_until"):
+            detail += "  " + _("(waiting for downloads.windows until {until})").format(until=update["waiting_until"])
         rows.append((_("update"), _("release {serial} ({version}) {state}").format(
             serial=update.get("serial", "-"), version=update.get("version", "-"), state=update.get("state")) + detail))
+    data = status.get("data") or {}
+    if data.get("today"):
+        rows.append((_("data"), _data_line(data)))
     errors = status.get("errors") or []
     rows.append((_("errors"), str(len(errors)) if errors else _("none")))
     width = max(16, *(len(label) + 2 for label, _value in rows))
     lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     lines.extend(f"  - {error}" for error in errors)
     return "\n".join(lines)
+
+
+def _data_line(data: dict[str, Any]) -> str:
+    """The data meter in one line: today by kind, this month's total, and how it was counted."""
+    today, month = data.get("today") or {}, data.get("month") or {}
+    kinds = ", ".join(f"{kind} {_size(pair['sent'] + pair['received'])}"
+                      for kind, pair in (today.get("by_kind") or {}).items())
+    line = _("today {today}, this month {month}").format(
+        today=_size(today.get("total", 0)) + (f" ({kinds})" if kinds else ""), month=_size(month.get("total", 0)))
+    # Without the kernel's TCP_INFO the program counts what it passes to its sockets: TLS is missed.
+    if "program" in str(data.get("counted_by")):
+        line += "  " + _("[counted by the program: no TCP_INFO]")
+    return line
+
+
+def _size(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    if count < 1_000_000:
+        return f"{count / 1000:.1f} kB"
+    return f"{count / 1_000_000:.2f} MB"

@@ -110,10 +110,19 @@ def _log_level(value: str) -> str | None:
 CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
+MAX_DOWNLOAD_WINDOWS = 24  # more would be a typo; a SIM's cheap hours are one or two stretches
+
+
 def _windows(value: tuple[tuple[str, str], ...]) -> str | None:
-    for window in value:
+    if len(value) > MAX_DOWNLOAD_WINDOWS:
+        return _("at most {count} windows").format(count=MAX_DOWNLOAD_WINDOWS)
+    for index, window in enumerate(value):
         if len(window) != 2 or not all(CLOCK_TIME.fullmatch(end) for end in window):
-            return _('a list of ["HH:MM", "HH:MM"] windows (local time; an end before its start wraps past midnight)')
+            return _('["HH:MM", "HH:MM"] windows of local time, 00:00-23:59; an end before its start wraps past '
+                     'midnight (window {index} is {window})').format(index=index + 1, window=show_value(list(window)))
+        if window[0] == window[1]:
+            return _("windows whose start and end differ (window {index} is {window}; for any time of day "
+                     "leave the list empty)").format(index=index + 1, window=show_value(list(window)))
     return None
 
 
@@ -160,8 +169,11 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    heartbeat_interval_s: int = setting(60, check=_at_least(10))
-    upload_interval_s: int = setting(30, check=_at_least(1))
+    # Every 10 minutes, the records with the heartbeat, riding on every other manifest poll: measured
+    # over TLS, a heartbeat a minute and uploads every 30 s cost 155 MB a month on a SIM, these 38 MB
+    # (docs/metered.md, bench/bench_report.py).
+    heartbeat_interval_s: int = setting(600, check=_at_least(10))
+    upload_interval_s: int = setting(600, check=_at_least(1))
     batch_size: int = setting(200, check=_in_range(1, 5000))
     outbox_max_records: int = setting(90 * 24 * 360, check=_at_least(1000))  # 90 days of 10-second items
     journal_days: int = setting(400, check=_in_range(1, 3650))

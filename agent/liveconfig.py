@@ -48,6 +48,7 @@ class LiveTargets:
     mqtt: Callable[[Config], None]
     restart_in_place: Callable[[set[str]], None]
     log_level: Callable[[str], None]
+    downloads: Callable[[tuple[tuple[str, str], ...], float], None]  # windows, small_mb (agent/downloads.py)
 
 
 def apply_edit(targets: LiveTargets, new: Config, changed: set[str]) -> bool:
@@ -63,6 +64,7 @@ def apply_edit(targets: LiveTargets, new: Config, changed: set[str]) -> bool:
     targets.display(new.display.fps, new.display.crossfade_ms, new.display.splash_title)
     targets.power_commands(new.display.power_on_command, new.display.power_off_command)
     targets.log_level(new.log_level)
+    targets.downloads(new.downloads.windows, new.downloads.small_mb)
     if any(key.startswith("mqtt.") for key in changed):
         targets.mqtt(new)
     log.info("config applied without a restart: %s", ", ".join(sorted(changed)))

@@ -13,6 +13,7 @@ Threads (docs/design.md has the full table): MainThread owns pygame, the player 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 import logging
 import os
@@ -41,6 +42,7 @@ from agent.ctlsocket import ControlServer
 from agent.display import kms
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
+from agent.downloads import DownloadRules, Windows
 from agent.enrolment import EnrolmentCard, EnrolmentScreen, NoSource, qr_text, waiting_lines
 from agent.envelope import load_trusted_keys
 from agent.events import RunEvents, manifest_changed, stop_reason
@@ -51,6 +53,7 @@ from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit, changed_key
 from agent.logring import LogRing
 from agent.loop import DisplayLoop, Inbox, ScreenState
 from agent.manifest import DEFAULT_TIMEZONE
+from agent.meter import METER_FILE, DataMeter
 from agent.models import Alert, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
@@ -120,6 +123,7 @@ class Board:
     provisioner: Provisioner | None
     in_force: ConfigInForce
     status: StatusBuilder
+    meter: DataMeter
 
 
 def build(config: Config, identity: Identity | IdentityError | None = None, logs: LogRing | None = None,
@@ -152,6 +156,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                     max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
     writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
     guard = StartGuard(storage / "starts.json")
+    meter = DataMeter(storage / METER_FILE, lambda: _today(content, clock), writer.write_file)
     alerts = AlertStore(storage / ALERTS_FILE, writer.write_file)
     withdrawn = WithdrawnStore(storage / WITHDRAWN_FILE, writer.write_file)
     command_log = CommandLog(storage / "commands.sqlite")
@@ -202,11 +207,14 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                                 ca_file=config.source.ca_file, poll_interval_s=config.source.poll_interval_s,
                                 cache_limit_bytes=cache_limit, user_agent=f"bangtin-agent/{__version__}")
         client = HttpClient(ClientSettings(settings.base_url, settings.token, settings.ca_file, settings.user_agent),
-                            clock.set_offset, signer=board_key.signature_header if board_key is not None else None)
+                            clock.set_offset, signer=board_key.signature_header if board_key is not None else None,
+                            count=meter.add)
         source = HttpSource(settings, content, store, problems, stop, on_change,
                             media_order=lambda manifest: schedule.media_in_order_of_need(
                                 manifest, clock.now(), player.current_item_id),
-                            client=client, rng=rng, on_screen=on_screen, prepare=prepare)
+                            client=client, rng=rng, on_screen=on_screen, prepare=prepare, now=clock.now,
+                            downloads=DownloadRules.from_config(config.downloads.windows, config.downloads.small_mb),
+                            on_polled=lambda: reporter.source_polled() if reporter is not None else None)
 
     dispatcher = Dispatcher(Actions(
         on_display=loop.post,
@@ -232,7 +240,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         return MqttLink(mqtt_settings, commands.handle,
                         lambda: status.heartbeat(count_frames=client is None).to_json(), link_stop, rng,
                         refresh_s=None if client is not None else config.report.heartbeat_interval_s,
-                        on_refused=commands.drop)
+                        on_refused=commands.drop, count=meter.add)
 
     mqtt = MqttSlot(make_link, _mqtt_settings(config), stop)
     updater = Updater(
@@ -241,6 +249,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         downloader=source.downloader if isinstance(source, HttpSource) else None, stop=stop,
         health_s=lambda: lifecycle.config.update.health_s,
         may_download=lambda: not loop.state.emergency and not (isinstance(source, HttpSource) and source.busy()),
+        windows=Windows(lambda: source.downloads, clock.now, lambda: _zone(content))
+        if isinstance(source, HttpSource) else None,
         restart=lambda: _request_update_restart(lifecycle, inbox), python=base_python(),
         report=lambda problem: problems.report("update", problem) if problem else problems.resolve("update"))
     if client is not None:
@@ -250,7 +260,8 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
             problems=problems, stop=stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
             today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng,
-            board_key=board_key.public_b64 if board_key is not None else None)
+            board_key=board_key.public_b64 if board_key is not None else None,
+            poll_in=source.next_poll_in if isinstance(source, HttpSource) else lambda: None)
     control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
     screen_health = ScreenHealth(lambda: renderer.frames, problems)
     provision_keys = load_trusted_keys(config.security.provision_keys)
@@ -270,7 +281,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
         identity=_identity_status(identity), provision=provisioner, settings=lambda: in_force.sources(),
-        screen_health=lambda since_last: screen_health.read(since_last=since_last),
+        screen_health=lambda since_last: screen_health.read(since_last=since_last), meter=meter,
     ))
     targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
     in_force = ConfigInForce(config, lambda new, changed: _apply_edit(lifecycle, targets, new, changed),
@@ -280,7 +291,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         lambda found: _config_refused(problems, found), stop) if config.path else None
     return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
                  withdrawn, command_log, player, renderer, loop, client, source, reporter, mqtt, power, control,
-                 config_watcher, updater, enrolment, provisioner, in_force, status)
+                 config_watcher, updater, enrolment, provisioner, in_force, status, meter)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -295,6 +306,9 @@ def run_board(board: Board) -> int:
     board.outbox.open()
     board.command_log.open()
     board.control.open()
+    meter_problem = board.meter.load()
+    if meter_problem:
+        board.problems.report("meter", meter_problem)
     previous_handlers = _install_signals(lifecycle, board.loop.inbox)
     services = Services()
     run_events = RunEvents(storage, board.writer, __version__)  # start and stop in the journal (the yearly report)
@@ -339,6 +353,7 @@ def run_board(board: Board) -> int:
         if clean:
             board.writer.call(board.guard.ended_well)
         services.stop_all()
+        board.meter.save_now()  # after every network thread has ended: their last bytes are in
         board.loop.inbox.fail_pending()
         board.renderer.close()
         board.outbox.close()
@@ -507,10 +522,15 @@ def _mqtt_settings(config: Config) -> MqttSettings | None:
                         ca_file=config.mqtt.ca_file)
 
 
-def _today(content: Content, clock: Clock) -> str:
-    """The local date (manifest's zone) for journal pruning."""
+def _zone(content: Content) -> dt.tzinfo:
+    """The board's local time zone: the current manifest's."""
     manifest = content.current()
-    return clock.now().astimezone(schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)).date().isoformat()
+    return schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)
+
+
+def _today(content: Content, clock: Clock) -> str:
+    """The local date (manifest's zone) for journal pruning and the data meter."""
+    return clock.now().astimezone(_zone(content)).date().isoformat()
 
 
 def _display_status(renderer: Renderer, started: float) -> dict[str, Any]:
@@ -570,8 +590,15 @@ def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpS
         if not lifecycle.log_level_pinned:
             logging.getLogger().setLevel(level)
 
+    def downloads(windows: tuple[tuple[str, str], ...], small_mb: float) -> None:
+        if isinstance(source, HttpSource):
+            rules = DownloadRules.from_config(windows, small_mb)
+            if rules != source.downloads:
+                source.downloads = rules
+                source.request_sync()  # a file that waited may come now (or one running must pause)
+
     return LiveTargets(poll_interval, report, outbox_limits, display, power_commands,
-                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place, log_level)
+                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place, log_level, downloads)
 
 
 def _apply_edit(lifecycle: Lifecycle, targets: LiveTargets, new: Config, changed: set[str]) -> bool:

@@ -52,10 +52,11 @@ class Heartbeat:
     update: Mapping[str, Any] | None = None  # §11, when self-update is on
     board_key: str | None = None  # §12: the board's public key (base64), when it has one
     display: Mapping[str, Any] | None = None  # screen health: connectors, CEC power, frames since the last one
+    data: Mapping[str, Any] | None = None  # the data meter, compact: bytes by kind today and this month
 
     def to_json(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("readings", "outbox_summarised", "update", "board_key", "display")}
+                if f.name not in ("readings", "outbox_summarised", "update", "board_key", "display", "data")}
         body["cache"] = dataclasses.asdict(self.cache)
         body["errors"] = list(self.errors)
         body.update(self.readings)
@@ -67,6 +68,8 @@ class Heartbeat:
             body["board_key"] = self.board_key
         if self.display is not None:
             body["display"] = dict(self.display)
+        if self.data is not None:
+            body["data"] = dict(self.data)
         return body
 
 
@@ -87,11 +90,13 @@ class Status:
     identity: Mapping[str, Any]
     provision: Mapping[str, Any] | None = None
     settings: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None  # the data meter in full (the heartbeat carries it compact)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.heartbeat.to_json(), "update": dict(self.update), "identity": dict(self.identity),
                 "provision": dict(self.provision) if self.provision is not None else None,
                 "settings": dict(self.settings or {}),
+                **({"data": dict(self.data)} if self.data is not None else {}),
                 "screen_mode": self.screen_mode,
                 "source": self.source,
                 "sync": dict(self.sync), "report": dict(self.report) if self.report is not None else None,
@@ -101,6 +106,11 @@ class Status:
 
 class Health(Protocol):
     def health(self) -> Mapping[str, Any]: ...
+
+
+class DataView(Protocol):
+    def heartbeat(self) -> Mapping[str, Any]: ...
+    def status(self) -> Mapping[str, Any]: ...
 
 
 class SyncSource(Health, Protocol):
@@ -136,6 +146,7 @@ class StatusParts:
     provision: Health | None = None
     settings: Callable[[], Mapping[str, Any]] = dict  # remote-settable keys: value and where it comes from
     screen_health: Callable[[bool], Mapping[str, Any]] | None = None  # (since the last heartbeat?) → display
+    meter: DataView | None = None  # the data meter (agent/meter.py)
 
 
 class StatusBuilder:
@@ -175,6 +186,7 @@ class StatusBuilder:
             # A heartbeat counts frames since the one before; `ctl status` only looks.
             display=parts.screen_health(with_readings if count_frames is None else count_frames)
             if parts.screen_health is not None else None,
+            data=parts.meter.heartbeat() if parts.meter is not None else None,
         )
 
     def status(self) -> Status:
@@ -197,6 +209,7 @@ class StatusBuilder:
             identity=parts.identity,
             provision=parts.provision.health() if parts.provision is not None else None,
             settings=parts.settings(),
+            data=parts.meter.status() if parts.meter is not None else None,
         )
 
 

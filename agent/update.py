@@ -36,17 +36,19 @@ from urllib.parse import urljoin
 
 from agent import __version__
 from agent.cache.store import MediaStore
+from agent.downloads import Windows
 from agent.envelope import TrustedKey
 from agent.files import atomic_write
 from agent.limits import clip
 from agent.models import Media, ReleaseRef
 from agent.release import Release, ReleaseRejected, Wheel, accept_release, compatible_wheels
 from agent.startguard import kernel_boot_id
-from agent.sync.download import Downloader, MediaFailure
+from agent.sync.download import Downloader, DownloadPaused, MediaFailure
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 300.0  # a transient failure (link down, disk busy) is tried again this much later
+WINDOW_RECHECK_S = 60.0  # a paused wheel looks again this soon: the next window may be minutes away
 PIP_TIMEOUT_S = 1800.0
 
 
@@ -105,6 +107,7 @@ class Updater:
         restart: Callable[[], None],
         python: str,
         report: Callable[[str | None], None],
+        windows: Windows | None = None,
     ) -> None:
         self.paths = paths
         self._keys = tuple(keys)
@@ -118,6 +121,7 @@ class Updater:
         self._restart = restart
         self._python = python
         self._report = report  # a problem for `errors`, or None when there is none
+        self._windows = windows  # downloads.windows: a large wheel waits for one, and pauses when it closes
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._ref: ReleaseRef | None = None
@@ -258,12 +262,16 @@ class Updater:
         try:
             files = []
             for wheel in wheels:
-                while not self._may_download():
+                while not self._may_download() or self._held(release, wheel):
                     if self._stop.wait(5.0):
                         return None
+                self._progress = {"serial": release.serial, "version": release.version, "state": "downloading"}
                 url = urljoin(doc_url, wheel.url)
                 files.append((wheel, self._fetch(Media(wheel.filename, url, wheel.sha256, wheel.size,
                                                        "application/zip"), url, f"wheel {wheel.filename}")))
+        except DownloadPaused as exc:
+            log.info("%s", exc)
+            return WINDOW_RECHECK_S  # the wheel waits for the next window (the loop above), its bytes kept
         except MediaFailure as exc:
             return self._trouble(ref, release, exc, permanent=exc.permanent)
         self._progress = {"serial": release.serial, "version": release.version, "state": "installing"}
@@ -286,6 +294,14 @@ class Updater:
             return None
         return RETRY_S
 
+    def _held(self, release: Release, wheel: Wheel) -> bool:
+        """A wheel too large for outside the download windows waits; the heartbeat says until when."""
+        hold = self._windows.hold(wheel.size) if self._windows is not None else None
+        if hold is not None:
+            self._progress = {"serial": release.serial, "version": release.version, "state": "downloading",
+                              "waiting_until": hold.until.isoformat(timespec="minutes")}
+        return hold is not None
+
     def _fetch(self, media: Media, url: str, label: str) -> Path:
         assert self._store is not None and self._downloader is not None
         path = self._store.path_for(media.sha256)
@@ -293,7 +309,8 @@ class Updater:
             self._store.verify_existing([(media.sha256, media.size)])
             path = self._store.path_for(media.sha256)
         if path is None:
-            self._downloader.fetch(media, url, self._store, label)
+            pause = self._windows.seconds_left(media.size) if self._windows is not None else None
+            self._downloader.fetch(media, url, self._store, label, kind="update", pause_after_s=pause)
             path = self._store.path_for(media.sha256)
         assert path is not None
         return Path(path)

@@ -225,7 +225,7 @@ def drip() -> dict[str, Any]:
     started = time.monotonic()
     outcome = "read it all"
     try:
-        with client.get(f"http://127.0.0.1:{port}/api/x", {}, 2.0) as reply:
+        with client.get(f"http://127.0.0.1:{port}/api/x", {}, 2.0, kind="manifest") as reply:
             client.read_limited(reply, 10_000, time.monotonic() + 2.0)
     except SourceError as exc:
         outcome = str(exc)

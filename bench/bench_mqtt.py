@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,29 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from agent.ctlsocket import ControlUnavailable, request  # noqa: E402
+from agent.ctlsocket import request  # noqa: E402
 from agent.envelope import COMMAND_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, sign_envelope  # noqa: E402
+from bench.benchkit import free_port, wait  # noqa: E402
 
 DEVICE = "bench-board"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (ControlUnavailable, OSError, KeyError, TypeError):
-            pass
-        time.sleep(0.005)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def alert_frame_after(sock: Path, sent: float) -> float | None:
@@ -97,8 +78,8 @@ def main() -> None:
                                  stderr=subprocess.DEVNULL)
         sock = work / "ctl.sock"
         try:
-            wait(lambda: request(sock, "status")["result"]["mqtt"]["connected"], 30, "the agent on MQTT")
-            wait(lambda: request(sock, "status")["result"]["current_item"] == "t", 30, "the item on screen")
+            wait(lambda: request(sock, "status")["result"]["mqtt"]["connected"], 30, "the agent on MQTT", interval=0.005)
+            wait(lambda: request(sock, "status")["result"]["current_item"] == "t", 30, "the item on screen", interval=0.005)
             operator = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-operator")
             operator.connect("127.0.0.1", port)
             operator.loop_start()
@@ -112,7 +93,7 @@ def main() -> None:
                 envelope = json.dumps(sign_envelope(json.dumps(body, ensure_ascii=False).encode(), COMMAND_PAYLOAD_TYPE, key))
                 sent = time.monotonic()
                 operator.publish(f"bangtin/devices/{DEVICE}/commands", envelope, qos=1)
-                shown = wait(lambda sent=sent: alert_frame_after(sock, sent), 10, "the alert on screen")
+                shown = wait(lambda sent=sent: alert_frame_after(sock, sent), 10, "the alert on screen", interval=0.005)
                 latencies.append((shown - sent) * 1000)
                 request(sock, "clear_alert")
                 time.sleep(0.3)  # let the item come back before the next alert

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from agent.ctlsocket import ControlUnavailable, request  # noqa: E402
+from agent.ctlsocket import request  # noqa: E402
+from bench.benchkit import wait  # noqa: E402
 
 FPS = 30
 
@@ -58,19 +59,6 @@ def content(folder: Path) -> None:
                 "layout": {"header": {"title": "ỦY BAN NHÂN DÂN XÃ VĨNH THUẬN"}}, "items": items,
                 "ticker": [{"id": "t1", "text": "Người dân chủ động theo dõi thông tin thời tiết, phòng chống bão."}]}
     (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False))
-
-
-def wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (ControlUnavailable, KeyError, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.005)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,13 +86,13 @@ def run(agent_root: Path, seconds: float, fsync_ms: int) -> dict[str, Any]:
         latencies = []
         still: list[tuple[float, float]] = []  # while an alert is up the screen is still: no frame is due
         try:
-            wait(lambda: request(sock, "status")["result"]["current_item"], 60, "an item on screen")
+            wait(lambda: request(sock, "status")["result"]["current_item"], 60, "an item on screen", interval=0.005)
             measured_from = time.monotonic()
             while time.monotonic() - measured_from < seconds:
                 time.sleep(2.0)  # items change on their own meanwhile; then an alert comes
                 sent = time.monotonic()
                 request(sock, "alert", {"title": "CẢNH BÁO KHẨN CẤP", "body": "Bão số 3", "minutes": 5})
-                shown = wait(lambda sent=sent: _alert_frame(sock, sent), 10, "the alert on screen")
+                shown = wait(lambda sent=sent: _alert_frame(sock, sent), 10, "the alert on screen", interval=0.005)
                 latencies.append((shown - sent) * 1000)
                 time.sleep(0.5)
                 request(sock, "clear_alert")

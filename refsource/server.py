@@ -58,6 +58,9 @@ class RequestRecord:
     status: int
     body_bytes_sent: int
     at: float = field(default_factory=time.monotonic)
+    peer_port: int = 0  # the client's port: which connection carried it (a benchmark's proxy knows its ports)
+    tls_resumed: bool | None = None  # None: plain HTTP
+    records: int = 0  # playlog records in the batch
 
 
 @dataclass
@@ -118,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # tests read `state.requests` instead of stderr
 
+    _batch_records = 0
+
     def setup(self) -> None:
         super().setup()
         self.wfile = _CountingWriter(self.wfile, self.server.state.wire)  # type: ignore[assignment]
@@ -144,8 +149,11 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def _record(self, status: int, sent: int) -> None:
+        resumed = getattr(self.connection, "session_reused", None)
         with self.state.lock:
-            self.state.requests.append(RequestRecord(self.command, self.path, dict(self.headers.items()), status, sent))
+            self.state.requests.append(RequestRecord(self.command, self.path, dict(self.headers.items()), status, sent,
+                                                     peer_port=self.client_address[1], tls_resumed=resumed,
+                                                     records=self._batch_records))
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The `Date` header http.server sends, shifted by the fault switch."""
@@ -328,7 +336,10 @@ class Handler(BaseHTTPRequestHandler):
                 if self.state.site is not None:
                     uploads.append_records(self.state.site, device, new)  # before the 2xx: acknowledged means kept
                 self.state.playlog_batches += 1
+        records = document.get("records") if kind == "playlogs" else None
+        self._batch_records = len(records) if isinstance(records, list) else 0
         self._send(HTTPStatus.NO_CONTENT)
+        self._batch_records = 0
 
 
 class ReferenceServer(ThreadingHTTPServer):

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.ctlsocket import ControlUnavailable, request
 from agent.envelope import MANIFEST_PAYLOAD_TYPE, sign_envelope
+from refsource.server import ReferenceServer, SourceState
 
 VECTORS = Path(__file__).parent / "vectors"
 ROOT = Path(__file__).parent.parent
@@ -64,6 +65,20 @@ def public_key_b64(test_key: dict[str, str]) -> str:
 
 TEST_BOARD = "vinhthuan-ubnd-01"
 TEST_AUDIENCE = (TEST_BOARD, "group:angiang")
+
+
+@pytest.fixture
+def keys(public_key_b64: str) -> list[str]:
+    """The manifest keys a board trusts: the test key's."""
+    return [public_key_b64]
+
+
+@pytest.fixture
+def server() -> Iterator[ReferenceServer]:
+    """The reference source on a loopback port (tests/test_sync_http.py, tests/test_downloads.py)."""
+    srv = ReferenceServer(("127.0.0.1", 0), SourceState(base_path="/api/bangtin/v1", token="tok-123")).start()
+    yield srv
+    srv.stop()
 
 
 def sign_manifest(manifest: dict[str, Any], key: Ed25519PrivateKey) -> bytes:

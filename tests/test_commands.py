@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent.commands import CommandLog, RemoteCommands
-from agent.config import Config, DisplayConfig, MqttConfig, SourceConfig
+from agent.config import Config, DisplayConfig, DownloadsConfig, MqttConfig, SourceConfig
 from agent.control import Actions, Dispatcher
 from agent.envelope import COMMAND_PAYLOAD_TYPE, load_trusted_keys, sign_envelope
 from agent.liveconfig import LiveTargets, apply_edit, changed_keys
@@ -165,12 +165,17 @@ def test_changed_keys_and_which_edits_apply_live() -> None:
         outbox_limits=lambda *a: calls.append("outbox"), display=lambda fps, *a: calls.append(f"fps {fps}"),
         power_commands=lambda *a: calls.append("power"), mqtt=lambda new: calls.append(f"mqtt {new.mqtt.url}"),
         restart_in_place=lambda keys: calls.append(f"restart {sorted(keys)}"),
-        log_level=lambda level: calls.append(f"log {level}"))
+        log_level=lambda level: calls.append(f"log {level}"),
+        downloads=lambda windows, small_mb: calls.append(f"downloads {list(windows)} {small_mb:g}"))
     assert apply_edit(targets, hot, changed_keys(old, hot)) is True
     assert "log INFO" in calls
     quieter = dataclasses.replace(old, log_level="WARNING")
     assert changed_keys(old, quieter) == {"log_level"} and apply_edit(targets, quieter, {"log_level"}) is True
-    assert calls[-1] == "log WARNING"
+    assert "log WARNING" in calls
+    night = dataclasses.replace(old, downloads=DownloadsConfig(windows=(("23:00", "05:00"),), small_mb=0.5))
+    assert changed_keys(old, night) == {"downloads.windows", "downloads.small_mb"}
+    assert apply_edit(targets, night, changed_keys(old, night)) is True
+    assert "downloads [('23:00', '05:00')] 0.5" in calls
     assert "fps 15" in calls and "mqtt mqtt://b:1883" in calls and not any(c.startswith("restart") for c in calls)
     calls.clear()
     assert apply_edit(targets, cold, changed_keys(old, cold)) is False

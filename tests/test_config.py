@@ -121,8 +121,17 @@ def test_download_windows_and_log_level_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, base + "downloads: {windows: [['25:00', '05:00']]}\nlog_level: LOUD\n"))
     assert len(caught.value.problems) == 2
-    assert "downloads.windows: expected a list of [\"HH:MM\", \"HH:MM\"] windows" in caught.value.problems[0]
+    assert (':3: downloads.windows: expected ["HH:MM", "HH:MM"] windows of local time, 00:00-23:59; an end before '
+            'its start wraps past midnight (window 1 is ["25:00", "05:00"])') in caught.value.problems[0]
     assert caught.value.problems[1].endswith("log_level: expected one of DEBUG, INFO, WARNING, ERROR, found 'LOUD'")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, base + "downloads:\n  windows: [['23:00', '05:00'], ['12:00', '12:00']]\n"
+                                           "  small_mb: -1\n"))
+    assert [problem.split(": ", 1)[1] for problem in caught.value.problems] == [
+        'downloads.windows: expected windows whose start and end differ (window 2 is ["12:00", "12:00"]; '
+        "for any time of day leave the list empty), found a list",
+        "downloads.small_mb: expected a number >= 0, found -1"]
+    assert caught.value.problems[0].startswith(f"{tmp_path / 'agent.yaml'}:4: ")
 
 
 def test_secret_token_is_never_printed(tmp_path: Path) -> None:

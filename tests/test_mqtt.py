@@ -49,8 +49,9 @@ def free_port() -> int:
 class Broker:
     """mosquitto on a loopback port with its own config (and optionally a password file)."""
 
-    def __init__(self, work: Path, password: str | None = None) -> None:
+    def __init__(self, work: Path, password: str | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.work = work
+        self.tls = tls  # (certificate, key): an mqtts:// listener whose CA file is the certificate
         self.port = free_port()
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
@@ -58,6 +59,8 @@ class Broker:
         # Started as root, mosquitto would switch to its own user, which cannot read pytest's 0700 folders.
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", f"log_dest file {work / 'mosquitto.log'}",
                  "log_type all", f"user {getpass.getuser()}"]
+        if tls is not None:
+            lines += [f"cafile {tls[0]}", f"certfile {tls[0]}", f"keyfile {tls[1]}"]
         if password is None:
             lines.append("allow_anonymous true")
         else:
@@ -69,7 +72,7 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> Broker:
         self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config import Config, load_config
+from agent.config import Config, ReportConfig, load_config
 from agent.control import CommandError, parse_log_lines, parse_withdraw
 from agent.health import Problems
 from agent.liveconfig import changed_keys
@@ -43,14 +43,14 @@ def file_config(tmp_path: Path, text: str) -> Config:
 
 def test_settings_apply_where_the_file_is_silent_within_the_boards_bounds(tmp_path: Path) -> None:
     config = file_config(tmp_path, "display: {fps: 12}\n")
-    resolved = resolve(config, {"report.heartbeat_interval_s": 600, "display.fps": 25, "source.poll_interval_s": 5,
+    resolved = resolve(config, {"report.heartbeat_interval_s": 900, "display.fps": 25, "source.poll_interval_s": 5,
                                 "downloads.windows": [["01:00", "05:00"]], "storage.dir": "/tmp/x",
                                 "log_level": "loud"})
-    assert resolved.config.report.heartbeat_interval_s == 600
+    assert resolved.config.report.heartbeat_interval_s == 900
     assert resolved.config.downloads.windows == (("01:00", "05:00"),)
     assert resolved.config.display.fps == 12  # the technician's value wins
     assert resolved.config.source.poll_interval_s == 300 and resolved.config.storage.dir == config.storage.dir
-    assert resolved.sources["report.heartbeat_interval_s"] == {"value": 600, "from": "manifest"}
+    assert resolved.sources["report.heartbeat_interval_s"] == {"value": 900, "from": "manifest"}
     assert resolved.sources["display.fps"] == {"value": 12, "from": "file", "manifest_asked": 25}
     assert resolved.sources["display.crossfade_ms"] == {"value": 0, "from": "default"}
     problems = "\n".join(resolved.problems)
@@ -299,7 +299,8 @@ def test_settings_withdraw_and_logs_end_to_end(tmp_path: Path, source: Reference
     source.publish(DEVICE, sign_manifest(base_manifest(8, items=[text("dung", 60)]), private_key))
     restarted.ctl("sync")
     wait_for(lambda: restarted.status()["current_item"] == "dung", timeout=20, what="a higher serial lifts it")
-    assert restarted.status()["settings"]["report.heartbeat_interval_s"] == {"value": 60, "from": "default"}
+    assert restarted.status()["settings"]["report.heartbeat_interval_s"] == {
+        "value": ReportConfig().heartbeat_interval_s, "from": "default"}
     assert restarted.stop() == 0
 
 

@@ -10,7 +10,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent import schedule
 from agent.cache.store import MediaStore
 from agent.content import Content
+from agent.downloads import DownloadRules
 from agent.envelope import load_trusted_keys
 from agent.health import Problems
 from agent.manifest import accept_manifest
@@ -30,13 +31,6 @@ from tests.conftest import VECTORS, base_manifest, sign_manifest, wait_for
 
 DEVICE = "vinhthuan-ubnd-01"
 BASE = "/api/bangtin/v1"
-
-
-@pytest.fixture
-def server() -> Iterator[ReferenceServer]:
-    srv = ReferenceServer(("127.0.0.1", 0), SourceState(base_path=BASE, token="tok-123")).start()
-    yield srv
-    srv.stop()
 
 
 def media_file(tmp_path: Path, name: str, size: int, seed: int = 1) -> Path:
@@ -66,7 +60,8 @@ class Board:
 
     def __init__(self, tmp_path: Path, server: ReferenceServer, keys: list[str], *, token: str | None = "tok-123",
                  cache_limit: int = 1 << 30, read_timeout: float = 5.0, base_url: str | None = None,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, downloads: DownloadRules | None = None,
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.problems = Problems()
         self.store = MediaStore(tmp_path / "state" / "media")
         self.store.open()
@@ -85,7 +80,7 @@ class Board:
         self.source = HttpSource(self.settings, self.content, self.store, self.problems, self.stop, lambda: None,
                                  lambda m: schedule.media_in_order_of_need(m, dt.datetime.now(dt.UTC), None),
                                  self.client, rng=random.Random(7), on_screen=lambda: self.on_screen,
-                                 mono=lambda: time.monotonic() + self.skipped_s)
+                                 mono=lambda: time.monotonic() + self.skipped_s, downloads=downloads, now=now)
 
     skipped_s = 0.0
 
@@ -99,11 +94,6 @@ class Board:
 
     def errors(self) -> str:
         return "\n".join(self.problems.current())
-
-
-@pytest.fixture
-def keys(public_key_b64: str) -> list[str]:
-    return [public_key_b64]
 
 
 def test_first_sync_then_conditional_polls_even_across_restart(tmp_path, server, private_key, keys) -> None:

@@ -15,6 +15,7 @@ import gzip
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from agent.limits import clip
+from agent.wire import Reading, SocketGauge, TcpCounters, TrafficKind, tcp_counters
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class Reply:
     url: str
     _guard: _Deadline
     answer: bytes = b""  # a POST's drained answer: a refusal's reason, for the board's errors
+    _meter: Callable[[], None] = lambda: None  # counts what the connection carried so far (data meter)
 
     @property
     def status_code(self) -> int:
@@ -153,7 +156,14 @@ class Reply:
         self.close()
 
     def close(self) -> None:
+        self._meter()
         self._guard.cancel()
+        raw = self.response.raw
+        if raw.length_remaining == 0 and not raw.closed:
+            # Nothing left to read (a 304, a 204, a body read to its end): the connection goes back to
+            # the pool. Closing the answer would close the connection too, and the next request would
+            # pay a new TCP and TLS handshake on the SIM. A body cut short still closes it.
+            raw.drain_conn()
         self.response.close()
 
 
@@ -199,29 +209,113 @@ def shut_down(connection: HTTPConnection) -> None:
         pass
 
 
-def _tracking_adapter(connections: dict[int, HTTPConnection]) -> HTTPAdapter:
-    """An adapter whose connections say which thread uses them, so a deadline can find the socket."""
+class _Tracked(HTTPConnection):
+    """What the client adds to urllib3's connections (HTTP and HTTPS alike): which thread uses the
+    connection (so a deadline can find the socket), what the request is for, and a gauge of the
+    socket's bytes for the data meter. Configured per client by `_tracking_adapter`."""
 
-    def track(connection: HTTPConnection) -> None:
-        connections[threading.get_ident()] = connection
+    hooks: _Hooks
+    gauge: SocketGauge | None = None
+    meter_kind: TrafficKind = "reports"
 
-    class TrackedHTTP(HTTPConnection):
-        def connect(self) -> None:
-            track(self)
-            super().connect()
+    def _track(self) -> None:
+        self.hooks.connections[threading.get_ident()] = self
+        self.meter_kind = self.hooks.kinds.get(threading.get_ident(), self.meter_kind)
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            track(self)
-            super().request(*args, **kwargs)
+    def connect(self) -> None:
+        self._track()
+        self.gauge = SocketGauge(self.hooks.tcp_read)  # the kernel counts from the connect: handshakes included
+        super().connect()
 
-    class TrackedHTTPS(HTTPSConnection):
-        def connect(self) -> None:
-            track(self)
-            super().connect()
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._track()
+        super().request(*args, **kwargs)
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            track(self)
-            super().request(*args, **kwargs)
+    def send(self, data: Any) -> None:
+        if self.gauge is not None and isinstance(data, (bytes, bytearray, memoryview)):
+            self.gauge.stream_sent += len(data)  # only used where the kernel cannot count
+        super().send(data)
+
+    def close(self) -> None:
+        self.hooks.sample(self, self.meter_kind)  # what came since the last reading (a server's close_notify)
+        super().close()
+
+
+class _TrackedHTTPS(_Tracked, HTTPSConnection):
+    def connect(self) -> None:
+        if self.ssl_context is None:
+            self.ssl_context = self.hooks.tls  # offers the server the session of the last connection
+        super().connect()
+
+
+class ResumingContext(ssl.SSLContext):
+    """The client's TLS context: it offers each server the session of the last connection to it, so
+    a new connection (the server closed the idle one) resumes instead of paying a full handshake —
+    no certificate chain, no key exchange signature: about a kilobyte less on the SIM each time
+    (bench/bench_report.py). urllib3 wraps its sockets through `wrap_socket` and knows nothing of
+    sessions, so they are kept here, per server name and port. A resumed session is one this context
+    verified; a change of CA file makes a new client, and a new context."""
+
+    def __new__(cls) -> ResumingContext:
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self) -> None:
+        # As urllib3's own context, less OP_NO_TICKET: the tickets are the point.
+        self.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.hostname_checks_common_name = False
+        self._sessions: dict[tuple[str | None, int], ssl.SSLSession] = {}
+        self._lock = threading.Lock()
+
+    def wrap_socket(self, sock: Any, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        name = server_hostname.decode() if isinstance(server_hostname, bytes) else server_hostname
+        if session is None and not server_side:
+            with self._lock:
+                session = self._sessions.get((name, _peer_port(sock)))
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs, server_hostname,
+                                   session)
+
+    def remember(self, sock: Any) -> None:
+        """Keep `sock`'s session (with TLS 1.3, its tickets arrive after the handshake: call this
+        after an answer has been read)."""
+        if not isinstance(sock, ssl.SSLSocket) or sock.server_side:
+            return
+        try:
+            session = sock.session
+        except (OSError, ValueError):
+            return
+        if session is not None and (session.has_ticket or session.id):
+            with self._lock:
+                self._sessions[(sock.server_hostname, _peer_port(sock))] = session
+
+
+def _peer_port(sock: Any) -> int:
+    try:
+        return int(sock.getpeername()[1])
+    except (OSError, IndexError, TypeError):
+        return 0
+
+
+@dataclass
+class _Hooks:
+    connections: dict[int, HTTPConnection]
+    kinds: dict[int, TrafficKind]  # thread id → what its request in flight is for
+    tcp_read: TcpCounters
+    sample: Callable[[HTTPConnection, TrafficKind], None]
+    tls: ResumingContext
+
+
+def _tracking_adapter(hooks: _Hooks) -> HTTPAdapter:
+    """An adapter whose connections are `_Tracked` with this client's hooks."""
+
+    class TrackedHTTP(_Tracked):
+        pass
+
+    class TrackedHTTPS(_TrackedHTTPS):
+        pass
+
+    TrackedHTTP.hooks = TrackedHTTPS.hooks = hooks
 
     class HTTPPool(HTTPConnectionPool):
         ConnectionCls = TrackedHTTP
@@ -241,13 +335,18 @@ class HttpClient:
     """Thread-safe enough for its two users: urllib3's pool hands each request its own connection."""
 
     def __init__(self, settings: ClientSettings, set_clock_offset: Callable[[float], None] = lambda offset: None,
-                 signer: Callable[[bytes], str] | None = None) -> None:
+                 signer: Callable[[bytes], str] | None = None,
+                 count: Callable[[TrafficKind, Reading], None] = lambda kind, reading: None,
+                 tcp_read: TcpCounters = tcp_counters) -> None:
         self.settings = settings
         self._set_clock_offset = set_clock_offset
         self._signer = signer  # the board's identity: X-Bangtin-Signature over each POST's body (§12)
+        self._count = count  # the data meter: bytes on the wire of every request, by what it was for
         self._connections: dict[int, HTTPConnection] = {}
+        self._kinds: dict[int, TrafficKind] = {}
         self._session = requests.Session()
-        adapter = _tracking_adapter(self._connections)
+        self._tls = ResumingContext()
+        adapter = _tracking_adapter(_Hooks(self._connections, self._kinds, tcp_read, self._sample, self._tls))
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         # Every byte of every request is paid for: no "Accept: */*", no "Connection: keep-alive"
@@ -288,12 +387,13 @@ class HttpClient:
             request_headers["Authorization"] = f"Bearer {self.settings.token}"
         return request_headers
 
-    def get(self, url: str, headers: dict[str, str], deadline_s: float) -> Reply:
-        """A streamed GET; read the body with `chunks` inside `with reply:`; the deadline covers it all."""
-        return self._send("GET", url, self._auth(url, headers), None, deadline_s)
+    def get(self, url: str, headers: dict[str, str], deadline_s: float, *, kind: TrafficKind) -> Reply:
+        """A streamed GET; read the body with `chunks` inside `with reply:`; the deadline covers it all.
+        `kind` says what the bytes are for, in the data meter."""
+        return self._send("GET", url, self._auth(url, headers), None, deadline_s, kind)
 
     def post(self, url: str, body: bytes, content_type: str, deadline_s: float,
-             headers: dict[str, str] | None = None) -> Reply:
+             headers: dict[str, str] | None = None, *, kind: TrafficKind = "reports") -> Reply:
         """A POST whose body is gzipped when that saves bytes (the source accepts Content-Encoding: gzip)."""
         request_headers = self._auth(url, {"Content-Type": content_type, **(headers or {})})
         if len(body) >= GZIP_MIN_BYTES and content_type != "image/png":  # PNG is compressed already
@@ -302,23 +402,27 @@ class HttpClient:
         if self._signer is not None:
             request_headers["X-Bangtin-Signature"] = self._signer(body)  # the exact bytes sent
         deadline = time.monotonic() + deadline_s
-        with self._send("POST", url, request_headers, body, deadline_s) as reply:
+        with self._send("POST", url, request_headers, body, deadline_s, kind) as reply:
             reply.answer = self.read_limited(reply, POST_ANSWER_LIMIT, deadline)  # drain: keep the connection
         return reply
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-              deadline_s: float) -> Reply:
-        guard = _Deadline(self._connections, threading.get_ident())
+              deadline_s: float, kind: TrafficKind) -> Reply:
+        thread = threading.get_ident()
+        guard = _Deadline(self._connections, thread)
         guard.arm(deadline_s)
+        self._kinds[thread] = kind
         self._enter_io()
         try:
             response = self._session.request(
                 method, url, headers=headers, data=body, stream=True, verify=self._verify,
                 timeout=(self.settings.connect_timeout_s, min(self.settings.read_timeout_s, max(1.0, deadline_s))))
         except requests.exceptions.SSLError as exc:
+            self._sample_thread(kind)
             guard.cancel()
             raise SourceError(f"TLS verification failed for {url}: {self.redact(_short(exc))}") from None
         except (requests.RequestException, ValueError) as exc:  # ValueError: a header value requests refuses
+            self._sample_thread(kind)
             guard.cancel()
             why = "deadline passed" if guard.expired else self.redact(_short(exc))
             raise SourceError(f"cannot reach {clip(url, 120)}: {why}") from None
@@ -326,7 +430,24 @@ class HttpClient:
             self._leave_io()
         if origin_of(url) == self._origin:
             self._note_clock(response)  # §7: a media host or CDN never sets the clock
-        return Reply(response, url, guard)
+        return Reply(response, url, guard, _meter=_ReplyMeter(self, response, self._connections.get(thread), kind))
+
+    # --- the data meter ---------------------------------------------------------------------------
+
+    def _sample(self, connection: HTTPConnection, kind: TrafficKind) -> None:
+        """Count what `connection`'s socket carried since its last reading, under `kind`."""
+        gauge = getattr(connection, "gauge", None)
+        if gauge is None:
+            return
+        reading = gauge.take(connection.sock)
+        if reading.total:
+            self._count(kind, reading)
+            self._tls.remember(connection.sock)  # the freshest session (and tickets) for the next connection
+
+    def _sample_thread(self, kind: TrafficKind) -> None:
+        connection = self._connections.get(threading.get_ident())
+        if connection is not None:
+            self._sample(connection, kind)
 
     def _note_clock(self, response: requests.Response) -> None:
         date = response.headers.get("Date")
@@ -352,6 +473,7 @@ class HttpClient:
                 finally:
                     self._leave_io()
                 if chunk:
+                    reply._meter()  # a long download shows in the meter as it goes, not only at its end
                     yield chunk
                 if reply._guard.expired or time.monotonic() > deadline:
                     raise SourceError("transfer too slow: cut at its deadline; will resume")
@@ -381,6 +503,32 @@ class HttpClient:
         why = reply.answer.decode("utf-8", "replace") if 400 <= reply.status_code < 500 and reply.answer else ""
         return SourceError(f"{prefix}HTTP {reply.status_code} {reply.reason}{': ' + clip(why, 160) if why else ''}",
                            retry_after=retry_after, permanent=reply.status_code in PERMANENT_STATUSES)
+
+
+class _ReplyMeter:
+    """Counts one answer's bytes: the socket's reading, and, for where the kernel cannot count, the
+    status line, headers and body bytes as they came off the socket (before gzip is undone)."""
+
+    def __init__(self, client: HttpClient, response: requests.Response, connection: HTTPConnection | None,
+                 kind: TrafficKind) -> None:
+        self._client = client
+        self._response = response
+        self._connection = connection
+        self._kind = kind
+        self._gauge: SocketGauge | None = getattr(connection, "gauge", None)
+        self._body_seen = 0
+        if self._gauge is not None:
+            raw = response.raw
+            self._gauge.stream_received += len(f"HTTP/1.1 {response.status_code} {response.reason or ''}\r\n") + sum(
+                len(name) + len(value) + 4 for name, value in raw.headers.items()) + 2
+
+    def __call__(self) -> None:
+        if self._connection is None or self._gauge is None:
+            return
+        read = int(self._response.raw.tell())
+        self._gauge.stream_received += read - self._body_seen
+        self._body_seen = read
+        self._client._sample(self._connection, self._kind)
 
 
 def origin_of(url: str) -> tuple[str, str | None, int | None]:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Protocol
 
 from agent.models import Media, MediaRejected
 from agent.sync.client import HttpClient, SourceError
+from agent.wire import TrafficKind
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ class MediaFailure(Exception):
         self.retry_after = retry_after
 
 
+class DownloadPaused(MediaFailure):
+    """A large download reached the end of its download window (`downloads.windows`): its bytes
+    are kept and it resumes in the next window. Not a failure of the host: no back-off."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
 class Downloader:
     def __init__(self, client: HttpClient, stop: threading.Event, min_deadline_s: Callable[[], float]) -> None:
         self._client = client
@@ -52,8 +61,12 @@ class Downloader:
         progress = self._progress
         return dict(progress) if progress else None
 
-    def fetch(self, media: Media, url: str, store: PartialStore, label: str) -> None:
-        """Download (or resume) `media` from `url` into `store`; MediaFailure says why not."""
+    def fetch(self, media: Media, url: str, store: PartialStore, label: str, *, kind: TrafficKind = "media",
+              pause_after_s: float | None = None) -> None:
+        """Download (or resume) `media` from `url` into `store`; MediaFailure says why not. `kind`
+        names the bytes in the data meter (agent releases are `update`); after `pause_after_s` the
+        transfer pauses, keeping its bytes (DownloadPaused): its download window has closed."""
+        stop_at = None if pause_after_s is None else time.monotonic() + pause_after_s
         sha = media.sha256
         have = store.partial_size(sha)
         validator = store.partial_validator(sha)
@@ -68,7 +81,7 @@ class Downloader:
         deadline = time.monotonic() + deadline_s
         log.info("downloading %s (%d bytes%s)", label, media.size, f", resuming at {have}" if have else "")
         try:
-            with self._client.get(url, headers, deadline_s) as reply:
+            with self._client.get(url, headers, deadline_s, kind=kind) as reply:
                 if reply.status_code == 416:
                     store.discard_partial(sha)  # the server says our offset is past its file: start over
                     raise SourceError("416 Range Not Satisfiable: restarting the download")
@@ -82,18 +95,23 @@ class Downloader:
                 else:
                     raise self._client.http_error(reply, "")
                 store.set_partial_validator(sha, reply.headers.get("ETag"))
-                have = self._receive(media, store, self._client.chunks(reply, deadline, self._stop), have, append)
+                have = self._receive(media, store, self._client.chunks(reply, deadline, self._stop), have, append,
+                                     stop_at)
         except SourceError as exc:
             raise MediaFailure(f"{label}: {exc}", permanent=exc.permanent, retry_after=exc.retry_after) from None
         except OSError as exc:
             raise MediaFailure(f"{label}: cannot write the partial file: {exc.strerror or exc}", permanent=False) from None
         finally:
             self._progress = None
+        if have < media.size and stop_at is not None and time.monotonic() >= stop_at:
+            raise DownloadPaused(f"{label}: its download window closed at {have} of {media.size} bytes; "
+                                 "resumes in the next one")
         if have < media.size:
             raise MediaFailure(f"{label}: transfer ended at {have} of {media.size} bytes; will resume", permanent=False)
         self._finish(media, store, label)
 
-    def _receive(self, media: Media, store: PartialStore, chunks: Iterator[bytes], have: int, append: bool) -> int:
+    def _receive(self, media: Media, store: PartialStore, chunks: Iterator[bytes], have: int, append: bool,
+                 stop_at: float | None) -> int:
         started, started_at = have, time.monotonic()
         with store.open_partial(media.sha256, append=append) as out:
             for chunk in chunks:
@@ -107,6 +125,8 @@ class Downloader:
                 rate = (have - started) / max(1e-3, time.monotonic() - started_at)
                 self._progress = {"media": media.id, "bytes_done": have, "bytes_total": media.size,
                                   "eta_s": round((media.size - have) / rate) if rate > 0 else None}
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    break  # the window has closed: the rest would cost the day's tariff
         return have
 
     def _finish(self, media: Media, store: PartialStore, label: str) -> None:

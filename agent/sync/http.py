@@ -11,10 +11,16 @@ A new manifest becomes current once its media are in (or failed for good), so th
 plays on meanwhile; on a first boot with nothing to play it becomes current at once and items
 appear as their media are verified. When the new media do not fit beside the old ones, old media
 the new manifest does not need are evicted (never the one on screen).
+
+With download windows (`downloads.windows`, agent/downloads.py) large media wait for a window;
+they do not hold a new manifest back: it becomes current once everything that may come now is in
+(an emergency, a withdrawn bulletin, new text must not wait for the night), and items whose media
+wait play from the window on. `health()` lists what waits and until when.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import threading
@@ -24,16 +30,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
+from agent.downloads import DownloadRules, Hold
 from agent.limits import MAX_MANIFEST_BYTES
 from agent.models import Manifest, ManifestRejected, ManifestSink, Media, ProblemSink, Room
 from agent.sync.client import Backoff, ClientSettings, HostBackoff, HttpClient, SourceError
-from agent.sync.download import Downloader, MediaFailure, PartialStore
+from agent.sync.download import Downloader, DownloadPaused, MediaFailure, PartialStore
 
 log = logging.getLogger(__name__)
 
 MEDIA_RETRY_BASE_S = 60.0
 MEDIA_RETRY_CAP_S = 3600.0
 SCREEN_TURN_RETRY_S = 5.0  # how soon media waiting for the screen to turn over look again (no network)
+PAUSE_ROUNDING = dt.timedelta(minutes=1)  # windows are whole minutes
 
 
 
@@ -74,6 +82,7 @@ class SyncOutcome:
 
     waiting_media: tuple[str, ...] = ()  # media ids not yet in because of a transient failure
     retry_media_in_s: float | None = None
+    held_media: tuple[str, ...] = ()  # media ids waiting for a download window (downloads.windows)
 
 
 class HttpSource:
@@ -96,8 +105,12 @@ class HttpSource:
         on_screen: Callable[[], set[str]] = set,
         prepare: Callable[[], bool] = lambda: False,
         mono: Callable[[], float] = time.monotonic,
+        on_polled: Callable[[], None] = lambda: None,
+        downloads: DownloadRules | None = None,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.settings = settings
+        self.downloads = downloads or DownloadRules()  # replaced whole by a live config edit
         self._content = content
         self._store = store
         self._problems = problems
@@ -106,8 +119,12 @@ class HttpSource:
         self._media_order = media_order
         self._on_screen = on_screen  # sha256 of media being shown: never evicted
         self._prepare = prepare  # run first on the thread (restoring content); True = poll at once
+        self._on_polled = on_polled  # the reporter: its round can share the connection the poll just used
+        self._next_poll_at: float | None = None
         self._rng = rng
         self._mono = mono
+        self._now = now  # the board's corrected clock: windows are wall-clock times
+        self._held: dict[str, Hold] = {}  # media id → the window it waits for (this round's view)
         self._poll_backoff = Backoff(rng)
         self._hosts = HostBackoff(rng, mono)
         self._wake = threading.Event()
@@ -150,10 +167,17 @@ class HttpSource:
         return {
             "pending_manifest_serial": pending[0].serial if pending else None,
             "download": self.downloader.progress(),
+            "held": [{"media": media_id, "bytes": hold.size, "until": hold.until.isoformat(timespec="minutes"),
+                      "because": "downloads.windows"} for media_id, hold in dict(self._held).items()],
             "failures_in_a_row": self._poll_backoff.failures,
         }
 
     status = health
+
+    def next_poll_in(self) -> float | None:
+        """Seconds to the next manifest poll; None while a round is running (a download may take long)."""
+        at = self._next_poll_at
+        return None if at is None else max(0.0, at - self._mono())
 
     def busy(self) -> bool:
         """Content is on its way (a new manifest's media, a download running): other transfers wait."""
@@ -167,9 +191,11 @@ class HttpSource:
             poll_now = True
         # A random first delay spreads a district's boards after a power cut comes back.
         first = 0.0 if poll_now else self._rng.uniform(0, min(10.0, self.settings.poll_interval_s / 10))
+        self._next_poll_at = self._mono() + first
         self._wake.wait(first)
         while not self._stop.is_set():
             self._wake.clear()
+            self._next_poll_at = None
             try:
                 outcome = self.sync_once()
                 self._poll_backoff.reset()
@@ -185,6 +211,7 @@ class HttpSource:
             except Exception:  # a bug must not end the thread: the board keeps trying
                 log.exception("http source failed")
                 delay = self._poll_backoff.next_delay()
+            self._next_poll_at = self._mono() + delay
             self._wake.wait(delay)
 
     # --- one round -------------------------------------------------------------------------------
@@ -213,15 +240,17 @@ class HttpSource:
         etag = pending_etag or self._content.etag
         headers = {"If-None-Match": etag} if etag else {}
         deadline = time.monotonic() + self.settings.manifest_deadline_s
-        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s) as reply:
-            if reply.status_code == 304:
-                self.last_sync_ok_at = time.time()
-                return
-            if reply.status_code != 200:
+        with self._client.get(self.settings.manifest_url, headers, self.settings.manifest_deadline_s,
+                              kind="manifest") as reply:
+            unchanged = reply.status_code == 304
+            if not unchanged and reply.status_code != 200:
                 raise self._client.http_error(reply, "manifest")
-            raw = self._client.read_limited(reply, MAX_MANIFEST_BYTES, deadline)
+            raw = b"" if unchanged else self._client.read_limited(reply, MAX_MANIFEST_BYTES, deadline)
             new_etag = reply.headers.get("ETag")
         self.last_sync_ok_at = time.time()
+        self._on_polled()  # the connection is back in the pool: the reporter's round can take it
+        if unchanged:
+            return
         try:
             manifest = self._content.offer(raw, self.settings.manifest_url)
         except ManifestRejected:
@@ -245,13 +274,20 @@ class HttpSource:
     def _fetch_media(self, manifest: Manifest) -> SyncOutcome:
         """Download missing media one at a time in order of need; a failing host waits on its own."""
         waiting: list[str] = []
+        held: dict[str, Hold] = {}
         now = self._mono()
+        rules = self.downloads
         for media in self._media_order(manifest):
             if self._stop.is_set():
                 waiting.append(media.id)
                 break
             if media.sha256 in self._store.verified():
                 self._problems.resolve(f"media:{media.id}")
+                continue
+            hold = rules.hold_media(manifest, media, self._now())
+            if hold is not None:
+                held[media.id] = hold
+                self._problems.resolve(f"media:{media.id}")  # waiting for its window is not a fault
                 continue
             failed = self._failed.get(media.sha256)
             if failed is not None and failed[1] > now:
@@ -268,7 +304,17 @@ class HttpSource:
                     self._failed[media.sha256] = (Backoff(self._rng, MEDIA_RETRY_BASE_S, MEDIA_RETRY_CAP_S),
                                                   self._mono() + SCREEN_TURN_RETRY_S)
                     continue
-                self.downloader.fetch(media, url, self._store, f"media {media.id}")
+                self.downloader.fetch(media, url, self._store, f"media {media.id}",
+                                      pause_after_s=rules.media_seconds_left(manifest, media, self._now()))
+            except DownloadPaused as exc:
+                log.info("%s", exc)
+                # Paused in the window's last minute: a minute on, it has closed and the next one is known.
+                hold = rules.hold_media(manifest, media, self._now() + PAUSE_ROUNDING)
+                if hold is not None:
+                    held[media.id] = hold
+                else:
+                    waiting.append(media.id)  # another window opens at once: the next round goes on
+                continue
             except MediaFailure as exc:
                 self._problems.report(f"media:{media.id}", str(exc))
                 if exc.permanent:
@@ -282,10 +328,13 @@ class HttpSource:
             self._problems.resolve(f"media:{media.id}")
             self._content.media_changed()
             self._on_change()
+        self._held = held
         retries = [until - self._mono() for _, until in self._failed.values()]
+        # A second into the window, so the next round finds it open.
+        windows = [(hold.until - self._now()).total_seconds() + 1.0 for hold in held.values()]
         host_wait = self._hosts.earliest_s()
-        candidates = [t for t in (*retries, host_wait) if t is not None]
-        return SyncOutcome(tuple(waiting), max(0.0, min(candidates)) if candidates else None)
+        candidates = [t for t in (*retries, *windows, host_wait) if t is not None]
+        return SyncOutcome(tuple(waiting), max(0.0, min(candidates)) if candidates else None, tuple(held))
 
     def _failed_for_good(self, media: Media) -> None:
         backoff = self._failed[media.sha256][0] if media.sha256 in self._failed else \

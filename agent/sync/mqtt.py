@@ -33,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.limits import MAX_COMMAND_BYTES
 from agent.sync.client import Backoff
+from agent.wire import Reading, SocketGauge, TcpCounters, TrafficKind, tcp_counters
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ UNSUPPORTED_PROTOCOL = 132
 AUTH_REASONS = {134, 135, 4, 5}  # bad user name or password / not authorised (v5 and 3.1.1 codes)
 LOOP_TIMEOUT_S = 0.2
 PACKET_OVERHEAD = 1024  # topic and header bytes around a 64 KiB command
+METER_EVERY_S = 10.0  # the socket's bytes go to the data meter this often, and when it closes
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,25 @@ class MqttSettings:
 CommandHandler = Callable[[bytes, str, "str | None"], "dict[str, Any] | None"]
 
 
+class _CountingClient(paho.Client):
+    """paho's client, counting the bytes it passes through its socket: the data meter's fallback where
+    the kernel cannot count (paho has no public hook; these two methods are where every byte passes)."""
+
+    gauge: SocketGauge | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        data = super()._sock_recv(bufsize)
+        if self.gauge is not None:
+            self.gauge.stream_received += len(data)
+        return data
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sent = super()._sock_send(buf)
+        if self.gauge is not None:
+            self.gauge.stream_sent += sent
+        return sent
+
+
 class MqttLink:
     def __init__(
         self,
@@ -81,8 +102,12 @@ class MqttLink:
         rng: random.Random,
         refresh_s: float | None = None,
         on_refused: Callable[[str], None] = lambda why: None,
+        count: Callable[[TrafficKind, Reading], None] = lambda kind, reading: None,
+        tcp_read: TcpCounters = tcp_counters,
     ) -> None:
         self.settings = settings
+        self._count = count  # the data meter
+        self._tcp_read = tcp_read
         self._refresh_s = refresh_s  # presence refresh when no HTTP reporter drives heartbeats
         self._on_command = on_command
         self._on_refused = on_refused  # a message dropped before parsing (retained, too large)
@@ -156,9 +181,9 @@ class MqttLink:
     def _session(self, url: str) -> None:
         parts = urlsplit(url)
         protocol = self._protocols.get(url, MQTTProtocolVersion.MQTTv5)
-        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=f"bangtin-{self.settings.device_id}", protocol=protocol,
-                             reconnect_on_failure=False)
+        client = _CountingClient(callback_api_version=CallbackAPIVersion.VERSION2,
+                                 client_id=f"bangtin-{self.settings.device_id}", protocol=protocol,
+                                 reconnect_on_failure=False)
         client.username_pw_set(self.settings.device_id, self.settings.token)
         # The broker publishes this if we vanish (power cut, kill -9): the province sees the board go.
         client.will_set(self.settings.topic("status"), json.dumps({"online": False}), qos=1, retain=True)
@@ -168,6 +193,8 @@ class MqttLink:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = lambda client, userdata, sock: self._meter(client, sock)
         self._refused = None
         self.broker = url
         properties = None
@@ -183,10 +210,14 @@ class MqttLink:
             return
         self._client = client
         next_refresh = time.monotonic() + (self._refresh_s or 0)
+        next_meter = time.monotonic() + METER_EVERY_S
         try:
             while not self._stop.is_set():
                 if client.loop(timeout=LOOP_TIMEOUT_S) != paho.MQTT_ERR_SUCCESS or self._refused is not None:
                     break
+                if time.monotonic() >= next_meter:
+                    next_meter = time.monotonic() + METER_EVERY_S
+                    self._meter(client, client.socket())
                 periodic = self._refresh_s is not None and time.monotonic() >= next_refresh
                 if self._connected.is_set() and (periodic or self._presence_due.is_set()):
                     self._presence_due.clear()
@@ -197,10 +228,26 @@ class MqttLink:
         finally:
             self._connected.clear()
             self._client = None
+            self._meter(client, client.socket())
             try:
                 client.disconnect()
             except (OSError, ValueError):
                 pass
+            self._meter(client, client.socket())  # the DISCONNECT, where paho has not closed the socket itself
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """A fresh socket (TLS handshake done): its kernel counters start at the connect, so the
+        handshake is in its first reading."""
+        if isinstance(client, _CountingClient):
+            client.gauge = SocketGauge(self._tcp_read)
+
+    def _meter(self, client: paho.Client, sock: Any) -> None:
+        gauge = client.gauge if isinstance(client, _CountingClient) else None
+        if gauge is None or sock is None:
+            return
+        reading = gauge.take(sock)
+        if reading.total:
+            self._count("mqtt", reading)
 
     def _say_goodbye(self, client: paho.Client) -> None:
         """A clean stop says "offline" itself (the will is only for deaths)."""

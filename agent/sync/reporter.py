@@ -6,6 +6,11 @@ of `batch_size`, at least every `upload_interval_s` while any are pending; they 
 only after a 2xx for their batch, so a crash, a 503 storm or a week offline loses nothing (the
 source de-duplicates by record id, so re-sending after a crash is safe). Errors back off with
 jitter and honour `Retry-After`.
+
+On a metered SIM each new connection costs a TCP and TLS handshake once the server has closed the
+idle one (docs/metered.md), so exchanges share connections: records go right after the heartbeat,
+and a round rides on the source's manifest poll when it falls within a quarter of its interval of
+one (`ReportTimer`, pure, so bench/bench_report.py simulates a month of it).
 """
 
 from __future__ import annotations
@@ -26,6 +31,56 @@ log = logging.getLogger(__name__)
 LIMITS_EVERY_S = 3600.0  # folding and pruning the journal: hourly is plenty
 HTTP_HEARTBEAT_EVERY_S = 86400.0  # with MQTT carrying the status, the source still hears one over HTTP daily
 POST_DEADLINE_S = 60.0
+ALIGN = 0.25  # a round sends early, or waits, up to this fraction of its interval to share a connection
+
+
+class ReportTimer:
+    """When heartbeats and uploads go. Pure: the time, whether the source has just polled (its
+    connection is open) and when it polls next are passed in.
+
+    - Records go with the heartbeat: an upload that would come due before the next heartbeat goes
+      with this one, on its connection.
+    - A round rides on a poll: after a poll, what is due within `ALIGN` of its interval goes now.
+    - A round that comes due shortly before a poll (within `ALIGN` of its interval) waits for it;
+      if the poll does not come (the source is busy downloading), it goes alone at that limit.
+    """
+
+    def __init__(self, heartbeat_s: float, upload_s: float, rng: random.Random, now: float) -> None:
+        self.heartbeat_s, self.upload_s = heartbeat_s, upload_s
+        # Soon after start (the province learns the board is back), but spread across a district.
+        self.next_heartbeat = now + rng.uniform(0, min(10.0, heartbeat_s))
+        self.next_upload = now + rng.uniform(0, min(5.0, upload_s))
+
+    def due(self, now: float, polled: bool, poll_in: float | None) -> tuple[bool, bool]:
+        """(send the heartbeat, upload records) at `now`. `poll_in`: seconds to the source's next poll."""
+        heartbeat = _due(now, self.next_heartbeat, self.heartbeat_s, polled, poll_in)
+        upload = _due(now, self.next_upload, self.upload_s, polled, poll_in) or (
+            heartbeat and self.next_upload <= now + self.heartbeat_s)
+        return heartbeat, upload
+
+    def wake_at(self, now: float) -> float:
+        """The next instant something may come due without a poll (a waiting round's limit included)."""
+        return min(at if now < at else at + ALIGN * interval
+                   for at, interval in ((self.next_heartbeat, self.heartbeat_s), (self.next_upload, self.upload_s)))
+
+    def heartbeat_sent(self, now: float, delay: float) -> None:
+        self.next_heartbeat = now + delay
+
+    def uploaded(self, now: float, delay: float) -> None:
+        self.next_upload = now + delay
+
+    def upload_now(self, now: float) -> None:
+        self.next_upload = min(self.next_upload, now)
+
+
+def _due(now: float, at: float, interval: float, warm: bool, poll_in: float | None) -> bool:
+    slack = ALIGN * interval
+    if warm:
+        return now >= at - slack
+    if now < at:
+        return False
+    # Due; wait for a poll that comes before the limit: the round then shares its connection.
+    return now >= at + slack or poll_in is None or poll_in > at + slack - now
 
 
 class RecordQueue(Protocol):
@@ -56,6 +111,7 @@ class Reporter:
         deliver_elsewhere: Callable[[dict[str, Any]], bool] = lambda beat: False,
         rng: random.Random | None = None,
         board_key: str | None = None,
+        poll_in: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._client = client
         self._device_url = device_url.rstrip("/")
@@ -73,9 +129,12 @@ class Reporter:
         # still learns which key signs this board's records (§12).
         self._board_key = board_key
         self._http_heartbeat_due = 0.0  # the first heartbeat of a run goes over HTTP whatever MQTT does
+        self._poll_in = poll_in  # seconds to the source's next manifest poll (None: not known)
         self._rng = rng or random.Random()
         self._upload_backoff = Backoff(self._rng)
         self._wake = threading.Event()
+        self._polled = threading.Event()
+        self._timer: ReportTimer | None = None
         self._thread: threading.Thread | None = None
         self.last_heartbeat_ok_at: float | None = None
         self.last_upload_ok_at: float | None = None
@@ -112,30 +171,41 @@ class Reporter:
     def set_intervals(self, heartbeat_s: float, upload_s: float, batch_size: int) -> None:
         """A live config edit: takes effect from the next round."""
         self._heartbeat_interval_s, self._upload_interval_s, self._batch_size = heartbeat_s, upload_s, batch_size
+        timer = self._timer
+        if timer is not None:
+            timer.heartbeat_s, timer.upload_s = heartbeat_s, upload_s
+        self._wake.set()
+
+    def source_polled(self) -> None:
+        """The source has just polled the manifest (any thread): its connection is open, so what is
+        due soon goes now and shares it."""
+        self._polled.set()
         self._wake.set()
 
     def _jittered(self, interval: float) -> float:
-        return self._rng.uniform(interval * 0.9, interval * 1.1)
+        return jittered(self._rng, interval)
 
     def _run(self) -> None:
         now = time.monotonic()
-        # Soon after start (the province learns the board is back), but spread across a district.
-        next_heartbeat = now + self._rng.uniform(0, min(10.0, self._heartbeat_interval_s))
-        next_upload = now + self._rng.uniform(0, min(5.0, self._upload_interval_s))
+        timer = self._timer = ReportTimer(self._heartbeat_interval_s, self._upload_interval_s, self._rng, now)
         next_limits = now
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_limits:
                 self._enforce_limits()
                 next_limits = now + LIMITS_EVERY_S
-            if now >= next_heartbeat:
-                next_heartbeat = now + self._send_heartbeat()
-            if now >= next_upload:
-                next_upload = time.monotonic() + self.upload_pending()
-            self._wake.wait(max(0.0, min(next_heartbeat, next_upload) - time.monotonic()))
+            polled = self._polled.is_set()
+            self._polled.clear()
+            heartbeat, upload = timer.due(now, polled, self._poll_in())
+            if heartbeat:
+                timer.heartbeat_sent(time.monotonic(), self._send_heartbeat())
+            if upload:
+                timer.uploaded(time.monotonic(), self.upload_pending())
+            self._wake.wait(max(0.0, min(timer.wake_at(time.monotonic()), next_limits) - time.monotonic()))
             if self._wake.is_set():
                 self._wake.clear()
-                next_upload = min(next_upload, time.monotonic())  # an explicit request uploads now
+                if not self._polled.is_set():
+                    timer.upload_now(time.monotonic())  # an explicit request uploads now
 
     # --- work ------------------------------------------------------------------------------------
 
@@ -196,3 +266,7 @@ class Reporter:
             self._upload_backoff.reset()
             self._problems.resolve("upload")
         return 0.0
+
+
+def jittered(rng: random.Random, interval: float) -> float:
+    return rng.uniform(interval * 0.9, interval * 1.1)
