@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from agent.config import Config, ConfigError, dropin_dir, key_annotation, load_config, load_config_with
+from agent.config import Config, ConfigError, key_annotation, load_config, load_config_with
+from agent.configfiles import dropin_dir
 from agent.envelope import PROVISION_PAYLOAD_TYPE, TrustedKey, keyid_of, open_envelope
 from agent.files import atomic_write
 from agent.limits import clip, show_value

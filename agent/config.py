@@ -8,12 +8,9 @@ Secrets are never echoed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import difflib
 import os
-import re
 import stat
 import types
 import typing
@@ -23,12 +20,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from agent import configchecks as checks
+from agent.configchecks import Check, read_token_file, storage_dir_problem
+from agent.configfiles import (  # ConfigError is also this module's: every caller catches it from here
+    ConfigError,
+    describe_value,
+    dropin_dir,
+    dropin_files,
+    merge,
+    read_yaml_file,
+)
 from agent.i18n import N_, _
-from agent.limits import show_value
-
-Check = Callable[[Any], str | None]  # returns what was expected when the value is wrong
 
 
 def setting(default: Any, *, check: Check | None = None, secret: bool = False, enrols: bool = False,
@@ -41,129 +43,33 @@ def setting(default: Any, *, check: Check | None = None, secret: bool = False, e
     return field(default=default, metadata=meta)
 
 
-def _at_least(minimum: float) -> Check:
-    return lambda value: None if value >= minimum else _("a number >= {minimum}").format(minimum=f"{minimum:g}")
-
-
-def _in_range(low: int, high: int) -> Check:
-    return lambda value: None if low <= value <= high else _("a number from {low} to {high}").format(low=low, high=high)
-
-
-def _device_id(value: str) -> str | None:
-    return None if re.fullmatch(r"[a-z0-9._-]{1,64}", value) else _("1-64 characters of a-z, 0-9, '.', '_', '-'")
-
-
-def _groups(value: tuple[str, ...]) -> str | None:
-    bad = [g for g in value if not re.fullmatch(r"[a-z0-9._-]{1,64}", g)]
-    return _("group names of a-z, 0-9, '.', '_', '-' (bad: {name})").format(name=repr(bad[0])) if bad else None
-
-
-def _source_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme == "file" and parts.path:
-        return None
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return None
-    return _("an https://, http:// or file:/// URL")
-
-
-def _mqtt_urls(value: str | tuple[str, ...] | None) -> str | None:
-    urls = (value,) if isinstance(value, str) else (value or ())
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            return _("mqtt:// or mqtts:// URL (or a list of them)")
-    return None
-
-
-TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII, no spaces: what an HTTP header can carry
-
-
-def _token(value: str) -> str | None:
-    return None if TOKEN_PATTERN.fullmatch(value) else _("printable characters without spaces or line breaks")
-
-
-def read_token_file(path: str) -> str:
-    """The token in a token file (whitespace around it stripped); ValueError says what is wrong, never the token."""
-    mode = os.stat(path).st_mode
-    if mode & 0o137:  # group may read at most (0640); nobody else at all
-        raise ValueError(_("mode {mode} lets other users read or change it (expected 0600 or 0640)").format(
-            mode=f"{stat.S_IMODE(mode):04o}"))
-    with open(path, "rb") as handle:
-        raw = handle.read(8193)
-    try:
-        token = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(_("it is not UTF-8 text")) from None
-    if len(raw) > 8192 or (token and _token(token)):
-        raise ValueError(_("it holds more than one printable word (a token has no spaces or line breaks inside)"))
-    return token
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _log_level(value: str) -> str | None:
-    return None if value in LOG_LEVELS else _("one of {levels}").format(levels=", ".join(LOG_LEVELS))
-
-
-CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
-
-
-MAX_DOWNLOAD_WINDOWS = 24  # more would be a typo; a SIM's cheap hours are one or two stretches
-
-
-def _windows(value: tuple[tuple[str, str], ...]) -> str | None:
-    if len(value) > MAX_DOWNLOAD_WINDOWS:
-        return _("at most {count} windows").format(count=MAX_DOWNLOAD_WINDOWS)
-    for index, window in enumerate(value):
-        if len(window) != 2 or not all(CLOCK_TIME.fullmatch(end) for end in window):
-            return _('["HH:MM", "HH:MM"] windows of local time, 00:00-23:59; an end before its start wraps past '
-                     'midnight (window {index} is {window})').format(index=index + 1, window=show_value(list(window)))
-        if window[0] == window[1]:
-            return _("windows whose start and end differ (window {index} is {window}; for any time of day "
-                     "leave the list empty)").format(index=index + 1, window=show_value(list(window)))
-    return None
-
-
-def _keys(value: tuple[str, ...]) -> str | None:
-    for key in value:
-        try:
-            if len(base64.b64decode(key, validate=True)) == 32:
-                continue
-        except (binascii.Error, ValueError):
-            pass
-        return _("standard base64 of raw 32-byte Ed25519 public keys")
-    return None
-
-
 @dataclass(frozen=True)
 class DeviceConfig:
-    id: str = setting("", check=_device_id, enrols=True)
-    groups: tuple[str, ...] = setting((), check=_groups)
+    id: str = setting("", check=checks.device_id, enrols=True)
+    groups: tuple[str, ...] = setting((), check=checks.groups)
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    url: str = setting("", check=_source_url, enrols=True)
-    token: str | None = setting(None, secret=True, check=_token)
+    url: str = setting("", check=checks.source_url, enrols=True)
+    token: str | None = setting(None, secret=True, check=checks.token_text)
     token_file: str | None = setting(None, path=True)
-    poll_interval_s: int = setting(300, check=_at_least(10))
+    poll_interval_s: int = setting(300, check=checks.at_least(10))
     ca_file: str | None = setting(None, path=True)
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    manifest_keys: tuple[str, ...] = setting((), check=_keys)
-    release_keys: tuple[str, ...] = setting((), check=_keys)  # agent releases (§11); empty = no self-update
-    provision_keys: tuple[str, ...] = setting((), check=_keys)  # provisioning bundles (§12); empty = none taken
+    manifest_keys: tuple[str, ...] = setting((), check=checks.keys)
+    release_keys: tuple[str, ...] = setting((), check=checks.keys)  # agent releases (§11); empty = no self-update
+    provision_keys: tuple[str, ...] = setting((), check=checks.keys)  # provisioning bundles (§12); empty = none taken
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    url: str | tuple[str, ...] | None = setting(None, check=_mqtt_urls)
+    url: str | tuple[str, ...] | None = setting(None, check=checks.mqtt_urls)
     topic_prefix: str = setting("bangtin")
-    keepalive_s: int = setting(60, check=_in_range(5, 3600))
+    keepalive_s: int = setting(60, check=checks.in_range(5, 3600))
     ca_file: str | None = setting(None, path=True)
 
 
@@ -172,26 +78,26 @@ class ReportConfig:
     # Every 10 minutes, the records with the heartbeat, riding on every other manifest poll: measured
     # over TLS, a heartbeat a minute and uploads every 30 s cost 155 MB a month on a SIM, these 38 MB
     # (docs/metered.md, bench/bench_report.py).
-    heartbeat_interval_s: int = setting(600, check=_at_least(10))
-    upload_interval_s: int = setting(600, check=_at_least(1))
-    batch_size: int = setting(200, check=_in_range(1, 5000))
-    outbox_max_records: int = setting(90 * 24 * 360, check=_at_least(1000))  # 90 days of 10-second items
-    journal_days: int = setting(400, check=_in_range(1, 3650))
+    heartbeat_interval_s: int = setting(600, check=checks.at_least(10))
+    upload_interval_s: int = setting(600, check=checks.at_least(1))
+    batch_size: int = setting(200, check=checks.in_range(1, 5000))
+    outbox_max_records: int = setting(90 * 24 * 360, check=checks.at_least(1000))  # 90 days of 10-second items
+    journal_days: int = setting(400, check=checks.in_range(1, 3650))
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     dir: str = setting("/var/lib/bangtin", path=True)
-    cache_max_mb: int = setting(2048, check=_at_least(16))
+    cache_max_mb: int = setting(2048, check=checks.at_least(16))
 
 
 @dataclass(frozen=True)
 class DisplayConfig:
-    width: int = setting(1920, check=_in_range(160, 8192))
-    height: int = setting(1080, check=_in_range(120, 8192))
+    width: int = setting(1920, check=checks.in_range(160, 8192))
+    height: int = setting(1080, check=checks.in_range(120, 8192))
     fullscreen: bool = setting(True)
-    fps: int = setting(30, check=_in_range(1, 120))
-    crossfade_ms: int = setting(0, check=_in_range(0, 2000))
+    fps: int = setting(30, check=checks.in_range(1, 120))
+    crossfade_ms: int = setting(0, check=checks.in_range(0, 2000))
     splash_title: str = setting("BẢNG TIN ĐIỆN TỬ")
     power_on_command: str | None = setting("auto")  # "auto": HDMI-CEC via cec-ctl when installed; null: none
     power_off_command: str | None = setting("auto")
@@ -199,15 +105,15 @@ class DisplayConfig:
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    health_s: int = setting(120, check=_in_range(30, 3600))  # a new release must show content this long
+    health_s: int = setting(120, check=checks.in_range(30, 3600))  # a new release must show content this long
 
 
 @dataclass(frozen=True)
 class DownloadsConfig:
     # Large media wait for these local windows (a night tariff); empty = any time. Media up to
     # `small_mb`, and every emergency item's media, download at once whatever the window.
-    windows: tuple[tuple[str, str], ...] = setting((), check=_windows)
-    small_mb: float = setting(2.0, check=_at_least(0))
+    windows: tuple[tuple[str, str], ...] = setting((), check=checks.windows)
+    small_mb: float = setting(2.0, check=checks.at_least(0))
 
 
 @dataclass(frozen=True)
@@ -227,7 +133,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     downloads: DownloadsConfig = field(default_factory=DownloadsConfig)
-    log_level: str = setting("INFO", check=_log_level)
+    log_level: str = setting("INFO", check=checks.log_level)
     path: str = ""  # the file it came from, for messages and `ctl --config`
     dropins: tuple[str, ...] = ()  # the agent.d/*.yaml files merged over it, in order
     explicit: frozenset[str] = frozenset()  # key paths the files set (they win over remote settings)
@@ -249,52 +155,7 @@ class Config:
         return None
 
 
-class ConfigError(Exception):
-    """Every problem found in a config file, one message per line."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 # --- loading ------------------------------------------------------------------------------
-
-
-class _LineLoader(yaml.SafeLoader):
-    """Remembers the line of every mapping key so messages can point at it."""
-
-
-def _compose_lines(text: str) -> tuple[Any, dict[str, int]]:
-    loader = _LineLoader(text)
-    try:
-        node = loader.get_single_node()
-        lines: dict[str, int] = {}
-
-        def walk(current: yaml.Node, prefix: str) -> None:
-            if isinstance(current, yaml.MappingNode):
-                for key_node, value_node in current.value:
-                    key_path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                    lines[key_path] = key_node.start_mark.line + 1
-                    walk(value_node, key_path)
-
-        if node is not None:
-            walk(node, "")
-        data = loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
-    return data, lines
-
-
-def _describe(value: Any, secret: bool) -> str:
-    if secret:
-        return _("a value (hidden)")
-    if value is None:
-        return _("nothing (null)")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return _("a mapping") if isinstance(value, dict) else _("a list")
-    return show_value(value)
 
 
 NOT_KEYS = frozenset({"path", "dropins", "explicit"})  # Config fields that are not read from the file
@@ -387,11 +248,11 @@ def check_value(key_path: str, raw: Any) -> tuple[Any, str | None]:
     secret = fld.metadata["secret"]
     if not ok:
         return None, _("expected {expected}, found {found}").format(expected=_expected_type(annotation),
-                                                                   found=_describe(raw, secret))
+                                                                   found=describe_value(raw, secret))
     check = fld.metadata.get("check")
     problem = check(value) if check is not None and value is not None else None
     if problem:
-        return None, _("expected {expected}, found {found}").format(expected=problem, found=_describe(raw, secret))
+        return None, _("expected {expected}, found {found}").format(expected=problem, found=describe_value(raw, secret))
     return value, None
 
 
@@ -402,7 +263,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
     all_paths = _all_key_paths()
     for key in data:
         if not isinstance(key, str):
-            report(f"{prefix}{_describe(key, False)}", _("expected a key name, found a key that is not text"))
+            report(f"{prefix}{describe_value(key, False)}", _("expected a key name, found a key that is not text"))
             continue
         if key not in known:
             key_path = f"{prefix}{key}"
@@ -422,7 +283,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
             if section is None:
                 section = {}
             if not isinstance(section, dict):
-                report(key_path, _("expected a mapping of keys, found {found}").format(found=_describe(section, False)))
+                report(key_path, _("expected a mapping of keys, found {found}").format(found=describe_value(section, False)))
                 section = {}
             values[fld.name] = _build(annotation, section, key_path + ".", report, base_dir)  # type: ignore[arg-type]
             continue
@@ -441,59 +302,6 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, report: Callable[[st
 Origins = dict[str, tuple[Path, int]]  # key path → (file, line) where it was last set
 
 
-def dropin_dir(config_path: str | os.PathLike[str]) -> Path:
-    """`agent.yaml` → `agent.d/` beside it: files merged over the main one, in name order (the
-    provisioning bundle writes one, so the technician's own file and its comments stay untouched)."""
-    path = Path(config_path)
-    return path.parent / f"{path.stem}.d"
-
-
-def dropin_files(config_path: str | os.PathLike[str]) -> list[Path]:
-    folder = dropin_dir(config_path)
-    try:
-        return sorted(p for p in folder.iterdir() if p.suffix == ".yaml" and not p.name.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        raise ConfigError([_("{path}: cannot list config drop-ins: {reason}").format(
-            path=folder, reason=exc.strerror or exc)]) from None
-
-
-def _read_yaml_file(file_path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    try:
-        text = file_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([_("{path}: cannot read config: {reason}").format(path=file_path,
-                                                                            reason=exc.strerror or exc)]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([_("{path}: config is not UTF-8 text ({reason} at byte {byte})").format(
-            path=file_path, reason=exc.reason, byte=exc.start)]) from None
-    try:
-        data, lines = _compose_lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file_path}:{mark.line + 1}" if mark is not None else str(file_path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([_("{where}: not valid YAML: {problem}").format(where=where, problem=problem)]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        found = _describe(data, False)
-        raise ConfigError([_("{path}:1: expected a mapping of sections (device:, source:, ...), found {found}").format(
-            path=file_path, found=found)])
-    return data, lines
-
-
-def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file and its drop-ins. Raises ConfigError listing every problem."""
     return load_config_with(path)
@@ -505,7 +313,7 @@ def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
     provisioning bundle is checked this way before anything is written); messages about the
     overlay's keys name `overlay_origin`."""
     file_path = Path(path)
-    data, lines = _read_yaml_file(file_path)
+    data, lines = read_yaml_file(file_path)
     origins: Origins = {key: (file_path, line) for key, line in lines.items()}
     dropins = dropin_files(file_path)
     if replacing is not None:
@@ -513,7 +321,7 @@ def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
     problems = []
     for dropin in dropins:
         if replacing is not None and dropin.name == replacing:
-            data = _merge(data, overlay or {})
+            data = merge(data, overlay or {})
             origins.update({key: (overlay_origin or dropin, 0) for key in _key_paths_in(overlay or {})})
             continue
         try:
@@ -528,8 +336,8 @@ def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
             problems.append(_("{path}: others may change this config drop-in (mode {mode}; chmod go-w {path})").format(
                 path=dropin, mode=f"{stat.S_IMODE(mode):04o}"))
             continue
-        layer, layer_lines = _read_yaml_file(dropin)
-        data = _merge(data, layer)
+        layer, layer_lines = read_yaml_file(dropin)
+        data = merge(data, layer)
         origins.update({key: (dropin, line) for key, line in layer_lines.items()})
     if problems:
         raise ConfigError(problems)
@@ -606,26 +414,6 @@ def _cross_checks(config: Config, where: Callable[[str], str]) -> list[str]:
         problems.append(f"{where('source.ca_file')}: source.ca_file: " + _(
             "expected a CA bundle file, found {path} (no such file)").format(path=repr(config.source.ca_file)))
     return problems
-
-
-def storage_dir_problem(directory: str) -> str | None:
-    """A storage.dir others could write to would let them plant media or links: refused."""
-    try:
-        found = os.lstat(directory)
-    except FileNotFoundError:
-        return None  # created with mode 0750 at start
-    except OSError as exc:
-        return _("cannot inspect {path} ({reason})").format(path=directory, reason=exc.strerror)
-    if stat.S_ISLNK(found.st_mode):
-        target = os.path.realpath(directory)
-        found = os.stat(target)
-    if not stat.S_ISDIR(found.st_mode):
-        return _("expected a directory, found {path} (not a directory)").format(path=repr(directory))
-    if found.st_mode & 0o022:
-        return _("expected a directory only its owner can write to, found {path} with mode {mode} "
-                 "(chmod go-w {directory})").format(path=repr(directory), mode=f"{stat.S_IMODE(found.st_mode):04o}",
-                                                    directory=directory)
-    return None
 
 
 def config_warnings(config: Config) -> list[str]:

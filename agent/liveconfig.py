@@ -19,7 +19,8 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from agent.config import Config, ConfigError, config_value, dropin_dir, leaf_keys, load_config
+from agent.config import Config, ConfigError, config_value, leaf_keys, load_config
+from agent.configfiles import dropin_dir
 from agent.watching import start_watching, stop_watching
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from agent.alerts import ALERTS_FILE, AlertStore
 from agent.cache.store import MediaStore
 from agent.clock import Clock
 from agent.commands import CommandLog, RemoteCommands
-from agent.config import Config, config_warnings, storage_dir_problem
+from agent.config import Config, config_warnings
+from agent.configchecks import storage_dir_problem
 from agent.content import Content
 from agent.control import Actions, Dispatcher
 from agent.ctlsocket import ControlServer

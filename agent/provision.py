@@ -46,7 +46,8 @@ from agent.bundle import (
     read_candidate,
     shown_path,
 )
-from agent.config import Config, ConfigError, dropin_dir, dropin_files
+from agent.config import Config, ConfigError
+from agent.configfiles import dropin_dir, dropin_files
 from agent.envelope import TrustedKey
 from agent.limits import clip
 
