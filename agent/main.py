@@ -1,8 +1,11 @@
 """The composition root: builds every part, wires them, runs the display loop, stops cleanly.
 
 Read `build` top to bottom: each part is made from parts made above it, and the whole is a frozen
-`Board`. The one back-reference (status, which reads almost everything, is needed by the command
-dispatcher built before it) is a lambda over a name bound later in `build`, and is marked.
+`Board`. The back-references (status, which reads almost everything, is needed by the command
+dispatcher built before it; a manifest change reaches MQTT presence, the updater and the remote
+settings, built after the sources that report it) are lambdas over names bound later in `build`,
+each marked, and none runs before `run_board` starts the services. The callbacks the parts hand
+each other are agent/wiring.py.
 
 Threads (docs/design.md has the full table): MainThread owns pygame, the player and the screen;
 "disk-writer" commits records and small files; "http-source" or "file-source" fetches content;
@@ -12,25 +15,19 @@ Threads (docs/design.md has the full table): MainThread owns pygame, the player 
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import io
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pygame
 
-from agent import __version__, hardware, i18n, schedule
+from agent import __version__, hardware, i18n, schedule, wiring
 from agent.alerts import ALERTS_FILE, AlertStore
 from agent.cache.store import MediaStore
 from agent.clock import Clock
@@ -44,18 +41,16 @@ from agent.display import kms
 from agent.display.pyav import PyAVBackend
 from agent.display.renderer import DisplaySettings, Renderer
 from agent.downloads import DownloadRules, Windows
-from agent.enrolment import EnrolmentCard, EnrolmentScreen, NoSource, qr_text, waiting_lines
+from agent.enrolment import EnrolmentScreen, NoSource
 from agent.envelope import load_trusted_keys
 from agent.events import RunEvents, manifest_changed, stop_reason
 from agent.health import Problems
 from agent.identity import Identity, IdentityError, machine_id
 from agent.identity import load_or_create as load_identity
-from agent.liveconfig import ConfigWatcher, LiveTargets, apply_edit, changed_keys
+from agent.liveconfig import ConfigWatcher, changed_keys
 from agent.logring import LogRing
-from agent.loop import DisplayLoop, Inbox, ScreenState
-from agent.manifest import DEFAULT_TIMEZONE
+from agent.loop import DisplayLoop, Inbox
 from agent.meter import METER_FILE, DataMeter
-from agent.models import Alert, Scene, ScreenMode
 from agent.outbox import RECORDS_FILE, Outbox
 from agent.player import Player
 from agent.power import CEC_OFF, CEC_ON, ScreenPower, resolve_command
@@ -68,7 +63,7 @@ from agent.status import StatusBuilder, StatusParts
 from agent.sync.client import ClientSettings, HttpClient
 from agent.sync.filesource import FileSource
 from agent.sync.http import HttpSettings, HttpSource
-from agent.sync.mqtt import MqttLink, MqttSettings, MqttSlot, broker_urls
+from agent.sync.mqtt import MqttLink, MqttSettings, MqttSlot
 from agent.sync.reporter import Reporter
 from agent.systemd import Notifier
 from agent.update import Updater, base_python, update_paths
@@ -81,23 +76,10 @@ EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 EXIT_RESTART = 75  # to the launcher: start again (a new release is in place)
 
 
-@dataclass
-class Lifecycle:
-    """The only mutable state of the composition root: the config in effect, and how the run ends."""
-
-    config: Config
-    stop: threading.Event
-    set_aside: bool = False  # this start set restored content aside (three failed starts before it)
-    restart_requested: bool = False  # the `restart` command: exit for the service manager
-    exec_restart: bool = False  # a cold config edit: re-execute in place (same PID, unit stays active)
-    update_restart: bool = False  # a new release is installed: exit for the launcher to start it
-    log_level_pinned: bool = False  # --log-level was given: log_level in the config does not move it
-
-
 @dataclass(frozen=True)
 class Board:
     config: Config
-    lifecycle: Lifecycle
+    lifecycle: wiring.Lifecycle
     problems: Problems
     clock: Clock
     notifier: Notifier
@@ -134,7 +116,7 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
     `logs` the ring of recent log lines the `logs` command reads."""
     storage = Path(config.storage.dir)
     started = time.monotonic()
-    lifecycle = Lifecycle(config, threading.Event(), log_level_pinned=log_level_pinned)
+    lifecycle = wiring.Lifecycle(config, threading.Event(), log_level_pinned=log_level_pinned)
     ring = logs or LogRing()
     stop = lifecycle.stop
     rng = random.Random()
@@ -150,14 +132,13 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
     cache_limit = config.storage.cache_max_mb * 1024 * 1024
 
     store = MediaStore(storage / "media")
-    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups,
-                      # `writer` is bound below; a manifest is committed only once the services run.
-                      on_commit=lambda manifest, previous: writer.add([manifest_changed(clock.now(), manifest, previous)]))
-    outbox = Outbox(storage / RECORDS_FILE, on_error=_problem_setter(problems, "outbox"),
+    outbox = Outbox(storage / RECORDS_FILE, on_error=wiring.problem_setter(problems, "outbox"),
                     max_records=config.report.outbox_max_records, journal_days=config.report.journal_days)
-    writer = DiskWriter(outbox, on_file_error=lambda path, exc: _file_problem(problems, path, exc))
+    writer = DiskWriter(outbox, on_file_error=lambda path, exc: wiring.file_problem(problems, path, exc))
+    content = Content(storage, store, problems, keys=keys, device_id=config.device.id, groups=config.device.groups,
+                      on_commit=lambda manifest, previous: writer.add([manifest_changed(clock.now(), manifest, previous)]))
     guard = StartGuard(storage / "starts.json")
-    meter = DataMeter(storage / METER_FILE, lambda: _today(content, clock), writer.write_file)
+    meter = DataMeter(storage / METER_FILE, lambda: wiring.today(content, clock), writer.write_file)
     alerts = AlertStore(storage / ALERTS_FILE, writer.write_file)
     withdrawn = WithdrawnStore(storage / WITHDRAWN_FILE, writer.write_file)
     command_log = CommandLog(storage / "commands.sqlite")
@@ -174,11 +155,11 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                         resolve_command(config.display.power_off_command, CEC_OFF), stop)
     loop = DisplayLoop(
         inbox, renderer, player, problems, notifier, now=clock.now, screen_lit=power.set,
-        shown=lambda scene: _mark_shown(store, scene),
+        shown=lambda scene: wiring.mark_shown(store, scene),
         healthy=lambda: writer.call(guard.ended_well),
         showing=lambda: notifier.send("BANGTIN_SHOWING=1"),  # the launcher's trial of a new release counts from here
-        one_line_state=lambda state: _one_line_state(content, problems, state),
-        quit_on_escape=not config.display.fullscreen, request_stop=lambda: _request_stop(lifecycle, inbox),
+        one_line_state=lambda state: wiring.one_line_state(content, problems, state),
+        quit_on_escape=not config.display.fullscreen, request_stop=lambda: wiring.request_stop(lifecycle, inbox),
     )
 
     def on_change() -> None:
@@ -189,10 +170,10 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
         in_force.settings_changed(manifest.settings if manifest is not None else None)
 
     def prepare() -> bool:
-        return _verify_cache(content, clock, loop, lifecycle.set_aside)
+        return wiring.verify_cache(content, clock, loop, lifecycle.set_aside)
 
     def on_screen() -> set[str]:
-        return _media_on_screen(content, player)
+        return wiring.media_on_screen(content, player)
 
     client: HttpClient | None = None
     reporter: Reporter | None = None
@@ -220,17 +201,17 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
     dispatcher = Dispatcher(Actions(
         on_display=loop.post,
         status=lambda: status.status().to_json(),  # `status` is bound at the end of build
-        add_alert=lambda alert: _add_alert(player, alerts, alert, mqtt),
-        clear_alerts=lambda alert_id: _clear_alerts(player, alerts, clock, alert_id, mqtt),
-        set_screen_mode=lambda mode: _set_screen_mode(player, mode, mqtt),  # type: ignore[arg-type]
-        screenshot_png=lambda: _png(loop.post(loop.screenshot).result(timeout=10)),
+        add_alert=lambda alert: wiring.add_alert(player, alerts, alert, mqtt),
+        clear_alerts=lambda alert_id: wiring.clear_alerts(player, alerts, clock, alert_id, mqtt),
+        set_screen_mode=lambda mode: wiring.set_screen_mode(player, mode, mqtt),  # type: ignore[arg-type]
+        screenshot_png=lambda: wiring.png(loop.post(loop.screenshot).result(timeout=10)),
         sync=source.request_sync,
-        restart=lambda: _request_restart(lifecycle, inbox),
+        restart=lambda: wiring.request_restart(lifecycle, inbox),
         now=clock.now,
-        withdraw=lambda ids: _withdraw(player, withdrawn, clock, ids, mqtt),
+        withdraw=lambda ids: wiring.withdraw(player, withdrawn, clock, ids, mqtt),
         recent_logs=ring.recent,
     ))
-    upload = _uploader(client, config) if client is not None else None
+    upload = wiring.uploader(client, config) if client is not None else None
     commands = RemoteCommands(dispatcher, command_log, keys, clock.now, upload,
                               on_dropped=lambda count, why: problems.report("commands", f"{count} command(s) dropped; "
                                                                                         f"last: {why}"),
@@ -243,16 +224,16 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
                         refresh_s=None if client is not None else config.report.heartbeat_interval_s,
                         on_refused=commands.drop, count=meter.add)
 
-    mqtt = MqttSlot(make_link, _mqtt_settings(config), stop)
+    mqtt = MqttSlot(make_link, wiring.mqtt_settings(config), stop)
     updater = Updater(
         update_paths(), load_trusted_keys(config.security.release_keys), device_id=config.device.id,
         groups=config.device.groups, manifest_url=source.settings.manifest_url if isinstance(source, HttpSource) else "",
         downloader=source.downloader if isinstance(source, HttpSource) else None, stop=stop,
         health_s=lambda: lifecycle.config.update.health_s,
         may_download=lambda: not loop.state.emergency and not (isinstance(source, HttpSource) and source.busy()),
-        windows=Windows(lambda: source.downloads, clock.now, lambda: _zone(content))
+        windows=Windows(lambda: source.downloads, clock.now, lambda: wiring.zone(content))
         if isinstance(source, HttpSource) else None,
-        restart=lambda: _request_update_restart(lifecycle, inbox), python=base_python(),
+        restart=lambda: wiring.request_update_restart(lifecycle, inbox), python=base_python(),
         report=lambda problem: problems.report("update", problem) if problem else problems.resolve("update"))
     if client is not None:
         reporter = Reporter(
@@ -260,36 +241,36 @@ def build(config: Config, identity: Identity | IdentityError | None = None, logs
             device_id=config.device.id, outbox=outbox, heartbeat=lambda: status.heartbeat().to_json(),
             problems=problems, stop=stop, heartbeat_interval_s=config.report.heartbeat_interval_s,
             upload_interval_s=config.report.upload_interval_s, batch_size=config.report.batch_size,
-            today=lambda: _today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng,
+            today=lambda: wiring.today(content, clock), deliver_elsewhere=mqtt.publish_status, rng=rng,
             board_key=board_key.public_b64 if board_key is not None else None,
             poll_in=source.next_poll_in if isinstance(source, HttpSource) else lambda: None)
     control = ControlServer(Path(config.control.socket), dispatcher.handle, stop)
     screen_health = ScreenHealth(lambda: renderer.frames, problems)
     provision_keys = load_trusted_keys(config.security.provision_keys)
     enrolment = EnrolmentScreen(loop.post, renderer.set_enrolment, renderer.set_notice, problems,
-                                None if config.enrolled else _enrolment_card(config, board_key, bool(provision_keys)),
+                                None if config.enrolled else wiring.enrolment_card(config, board_key, bool(provision_keys)),
                                 NOTICE_S)
     provisioner = Provisioner(
         Path(config.path), storage / DROP_FOLDER, provision_keys, board_key.public_b64 if board_key else None, stop,
-        applied_restart=lambda bundle: _restart_in_place(lifecycle, inbox), refused=enrolment.refused, now=clock.now,
-        every_scan=enrolment.refresh, current=config) if config.path else None
+        applied_restart=lambda bundle: wiring.request_restart_in_place(lifecycle, inbox), refused=enrolment.refused,
+        now=clock.now, every_scan=enrolment.refresh, current=config) if config.path else None
     status = StatusBuilder(StatusParts(
         device_id=config.device.id, source_url=config.source.url, storage_dir=storage, cache_limit_bytes=cache_limit,
         started_mono=started, now=clock.now, clock_offset=lambda: clock.offset_s,
-        screen=lambda: loop.state, manifest_and_verified=lambda: _manifest_and_verified(content),
+        screen=lambda: loop.state, manifest_and_verified=lambda: wiring.manifest_and_verified(content),
         cache_bytes=store.bytes_used, records_pending=lambda: outbox.pending() + writer.pending_records(),
         records_summarised=outbox.summarised, errors=problems.current, source=source, reporter=reporter,
-        mqtt=mqtt if mqtt.enabled else None, display=lambda: _display_status(renderer, started),
+        mqtt=mqtt if mqtt.enabled else None, display=lambda: wiring.display_status(renderer, started),
         storage=writer.health, readings=hardware.readings, update=updater.health,
-        identity=_identity_status(identity), provision=provisioner, settings=lambda: in_force.sources(),
+        identity=wiring.identity_status(identity), provision=provisioner, settings=lambda: in_force.sources(),
         screen_health=lambda since_last: screen_health.read(since_last=since_last), meter=meter,
     ))
-    targets = _live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
-    in_force = ConfigInForce(config, lambda new, changed: _apply_edit(lifecycle, targets, new, changed),
-                             lambda found: _settings_problems(problems, found), changed_keys)
+    targets = wiring.live_targets(lifecycle, inbox, source, reporter, outbox, loop, renderer, power, mqtt)
+    in_force = ConfigInForce(config, lambda new, changed: wiring.put_in_force(lifecycle, targets, new, changed),
+                             lambda found: wiring.settings_problems(problems, found), changed_keys)
     config_watcher = ConfigWatcher(
         Path(config.path), lambda: in_force.file_config, lambda new, changed: in_force.file_edited(new),
-        lambda found: _config_refused(problems, found), stop) if config.path else None
+        lambda found: wiring.config_refused(problems, found), stop) if config.path else None
     return Board(config, lifecycle, problems, clock, notifier, store, content, outbox, writer, guard, alerts,
                  withdrawn, command_log, player, renderer, loop, client, source, reporter, mqtt, power, control,
                  config_watcher, updater, enrolment, provisioner, in_force, status, meter)
@@ -310,7 +291,7 @@ def run_board(board: Board) -> int:
     meter_problem = board.meter.load()
     if meter_problem:
         board.problems.report("meter", meter_problem)
-    previous_handlers = _install_signals(lifecycle, board.loop.inbox)
+    previous_handlers = wiring.install_signals(lifecycle, board.loop.inbox)
     services = Services()
     run_events = RunEvents(storage, board.writer, __version__)  # start and stop in the journal (the yearly report)
     clean = False
@@ -331,7 +312,7 @@ def run_board(board: Board) -> int:
         board.notifier.ready("splash on screen, loading content")
         for warning in config_warnings(config):
             log.warning("%s", warning)
-        lifecycle.set_aside = _restore(board.guard, board.content, board.alerts, board.withdrawn, board.player,
+        lifecycle.set_aside = wiring.restore(board.guard, board.content, board.alerts, board.withdrawn, board.player,
                                        board.clock, board.problems)
         run_events.mark_running()
         services.start(board.writer)
@@ -361,7 +342,7 @@ def run_board(board: Board) -> int:
         board.command_log.close()
         if board.client is not None and not board.source.is_alive() and not (board.reporter and board.reporter.is_alive()):
             board.client.close()
-        _restore_signals(previous_handlers)
+        wiring.restore_signals(previous_handlers)
     log.info("stopped cleanly%s", " (restart requested)" if lifecycle.restart_requested else
              " (to start a new release)" if lifecycle.update_restart else "")
     return EXIT_RESTART if lifecycle.update_restart else EXIT_OK
@@ -401,254 +382,3 @@ def run(config: Config, log_level: str | None = None) -> int:
         # current directory never joins the import path (a planted agent/ there cannot run).
         os.execv(sys.executable, [sys.executable, "-P", "-m", "agent", *sys.argv[1:]])
     return code
-
-
-# --- what the parts ask of each other -----------------------------------------------------------
-
-
-def _restore(guard: StartGuard, content: Content, alerts: AlertStore, withdrawn: WithdrawnStore, player: Player,
-             clock: Clock, problems: Problems) -> bool:
-    """At start, after the splash is on screen and before any service runs: the manifest and alerts
-    back from disk (parsing only, quick). True when something was set aside after failed starts."""
-    set_aside = guard.begin()
-    content.restore(set_aside=set_aside)
-    restored, problem = alerts.load(clock.now())
-    if problem:
-        problems.report("alerts", problem)
-    if set_aside and restored:
-        problems.report("alerts", f"{len(restored)} stored alert(s) not restored after 3 failed starts")
-        restored = []
-    for alert in restored:
-        player.add_alert(alert)
-    held, problem = withdrawn.load()
-    if problem:
-        problems.report("withdrawn", problem)
-    player.restore_withdrawn(held)
-    return set_aside
-
-
-def _verify_cache(content: Content, clock: Clock, loop: DisplayLoop, set_aside: bool) -> bool:
-    """On the source's thread before its first sync: the cached media hashed again (seconds for a big
-    cache), in the order they will be shown, while the splash keeps the watchdog fed. True = poll now:
-    something was set aside, so the province can correct it at once."""
-    manifest = content.current()
-    if manifest is not None:
-        content.verify_cached(schedule.media_in_order_of_need(manifest, clock.now(), None))
-        loop.wake()
-    return set_aside
-
-
-def _enrolment_card(config: Config, identity: Identity | None, can_be_provisioned: bool) -> EnrolmentCard:
-    fingerprint = identity.fingerprint if identity is not None else ""
-    return EnrolmentCard(fingerprint=fingerprint,
-                         qr_text=qr_text(fingerprint, identity.public_b64) if identity is not None else "",
-                         addresses=(), waiting_for=waiting_lines(config.missing_for_enrolment(), can_be_provisioned,
-                                                                 Path(config.storage.dir) / DROP_FOLDER, config.path))
-
-
-def _identity_status(identity: Identity | IdentityError | None) -> dict[str, Any]:
-    if isinstance(identity, Identity):
-        return {"fingerprint": identity.fingerprint, "public_key": identity.public_b64}
-    return {"error": str(identity) if identity is not None else "no identity key in this run"}
-
-
-def _mark_shown(store: MediaStore, scene: Scene) -> None:
-    media = scene.manifest.media_by_id(scene.item.media) if scene.manifest and scene.item else None
-    if media is not None:
-        store.touch(media.sha256)
-
-
-def _media_on_screen(content: Content, player: Player) -> set[str]:
-    manifest = content.current()
-    item = manifest.item_by_id(player.current_item_id) if manifest is not None else None
-    media = manifest.media_by_id(item.media) if manifest is not None and item is not None else None
-    logo = manifest.media_by_id(manifest.layout.logo) if manifest is not None else None
-    return {m.sha256 for m in (media, logo) if m is not None}
-
-
-def _manifest_and_verified(content: Content) -> tuple[Any, frozenset[str]]:
-    snapshot = content.snapshot()
-    return snapshot.manifest, snapshot.verified_sha256
-
-
-def _add_alert(player: Player, alerts: AlertStore, alert: Alert, mqtt: MqttSlot) -> None:
-    player.add_alert(alert)
-    alerts.save(player.active_alerts())
-    mqtt.request_presence()
-
-
-def _clear_alerts(player: Player, alerts: AlertStore, clock: Clock, alert_id: str | None, mqtt: MqttSlot) -> int:
-    cleared = player.clear_alerts(alert_id, clock.now(), time.monotonic())
-    alerts.save(player.active_alerts())
-    mqtt.request_presence()
-    return cleared
-
-
-def _withdraw(player: Player, store: WithdrawnStore, clock: Clock, ids: list[str], mqtt: MqttSlot) -> list[str]:
-    found, withdrawn = player.withdraw(ids, clock.now(), time.monotonic())
-    store.save(withdrawn)
-    mqtt.request_presence()
-    return found
-
-
-def _set_screen_mode(player: Player, mode: ScreenMode, mqtt: MqttSlot) -> None:
-    player.set_screen_mode(mode)
-    mqtt.request_presence()
-
-
-def _png(surface: pygame.Surface) -> bytes:
-    """Encoded on the asking thread: a 1080p PNG costs tens of milliseconds the display must not spend."""
-    buffer = io.BytesIO()
-    pygame.image.save(surface, buffer, "screen.png")
-    return buffer.getvalue()
-
-
-def _uploader(client: HttpClient, config: Config) -> Callable[[str, bytes, str, str], int]:
-    def upload(what: str, body: bytes, content_type: str, command_id: str) -> int:
-        """POST a command's answer to the source: `screenshots` (§2) or `logs` (§8); returns its size."""
-        url = f"{config.source.url.rstrip('/')}/devices/{config.device.id}/{what}"
-        reply = client.post(url, body, content_type, 60, headers={"X-Command-Id": command_id})
-        if not 200 <= reply.status_code < 300:
-            raise client.http_error(reply, what)
-        return len(body)
-    return upload
-
-
-def _mqtt_settings(config: Config) -> MqttSettings | None:
-    urls = broker_urls(config.mqtt.url)
-    if not urls:
-        return None
-    return MqttSettings(urls=urls, device_id=config.device.id, groups=config.device.groups, token=config.token(),
-                        topic_prefix=config.mqtt.topic_prefix, keepalive_s=config.mqtt.keepalive_s,
-                        ca_file=config.mqtt.ca_file)
-
-
-def _zone(content: Content) -> dt.tzinfo:
-    """The board's local time zone: the current manifest's."""
-    manifest = content.current()
-    return schedule.zone(manifest.timezone if manifest else DEFAULT_TIMEZONE)
-
-
-def _today(content: Content, clock: Clock) -> str:
-    """The local date (manifest's zone) for journal pruning and the data meter."""
-    return clock.now().astimezone(_zone(content)).date().isoformat()
-
-
-def _display_status(renderer: Renderer, started: float) -> dict[str, Any]:
-    first = renderer.first_frame_mono
-    return {"driver": renderer.driver, "render_driver": kms.render_driver(), "size": list(renderer.size),
-            "frames": renderer.frames,
-            "first_frame_s": round(first - started, 3) if first is not None else None,
-            "scene_shown_mono": renderer.scene_shown_mono}  # CLOCK_MONOTONIC, for latency benchmarks
-
-
-def _one_line_state(content: Content, problems: Problems, state: ScreenState) -> str:
-    manifest = content.current()
-    shown = "ALERT" if state.alert_active else (state.current_item or "splash") if state.screen_on else "screen off"
-    return f"serial {manifest.serial if manifest else '-'}, {shown}, {len(problems.current())} problem(s)"
-
-
-def _problem_setter(problems: Problems, key: str) -> Callable[[str | None], None]:
-    return lambda message: problems.report(key, message) if message else problems.resolve(key)
-
-
-def _file_problem(problems: Problems, path: Path, exc: OSError | None) -> None:
-    key = f"file:{path.name}"
-    if exc is None:
-        problems.resolve(key)
-    else:
-        problems.report(key, f"{path} not saved ({exc.strerror or exc}); it is kept in memory only")
-
-
-def _live_targets(lifecycle: Lifecycle, inbox: Inbox, source: FileSource | HttpSource | NoSource, reporter: Reporter | None,
-                  outbox: Outbox, loop: DisplayLoop, renderer: Renderer, power: ScreenPower,
-                  mqtt: MqttSlot) -> LiveTargets:
-    def poll_interval(seconds: int) -> None:
-        if isinstance(source, HttpSource):
-            source.settings = dataclasses.replace(source.settings, poll_interval_s=seconds)
-
-    def report(heartbeat_s: int, upload_s: int, batch: int) -> None:
-        if reporter is not None:
-            reporter.set_intervals(heartbeat_s, upload_s, batch)
-
-    def outbox_limits(max_records: int, journal_days: int) -> None:
-        outbox.max_records, outbox.journal_days = max_records, journal_days
-
-    def display(fps: int, crossfade_ms: int, splash_title: str) -> None:
-        def change() -> None:
-            renderer.settings = dataclasses.replace(renderer.settings, fps=fps, crossfade_ms=crossfade_ms,
-                                                    splash_title=splash_title)
-            renderer.invalidate()
-        loop.post(change)
-
-    def power_commands(on: str | None, off: str | None) -> None:
-        power.set_commands(resolve_command(on, CEC_ON), resolve_command(off, CEC_OFF))
-
-    def restart_in_place(keys: set[str]) -> None:
-        _restart_in_place(lifecycle, inbox)
-
-    def log_level(level: str) -> None:
-        if not lifecycle.log_level_pinned:
-            logging.getLogger().setLevel(level)
-
-    def downloads(windows: tuple[tuple[str, str], ...], small_mb: float) -> None:
-        if isinstance(source, HttpSource):
-            rules = DownloadRules.from_config(windows, small_mb)
-            if rules != source.downloads:
-                source.downloads = rules
-                source.request_sync()  # a file that waited may come now (or one running must pause)
-
-    return LiveTargets(poll_interval, report, outbox_limits, display, power_commands,
-                       lambda new: mqtt.replace(_mqtt_settings(new)), restart_in_place, log_level, downloads)
-
-
-def _apply_edit(lifecycle: Lifecycle, targets: LiveTargets, new: Config, changed: set[str]) -> bool:
-    """Put a changed config in force; False when the board restarts in place to take it."""
-    if apply_edit(targets, new, changed):
-        lifecycle.config = new
-        return True
-    return False
-
-
-def _settings_problems(problems: Problems, found: tuple[str, ...]) -> None:
-    if found:
-        problems.report("settings", found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
-    else:
-        problems.resolve("settings")
-
-
-def _config_refused(problems: Problems, found: list[str]) -> None:
-    problems.report("config", f"config edit refused, running config kept ({len(found)} problem(s)): {found[0]}")
-
-
-def _request_stop(lifecycle: Lifecycle, inbox: Inbox) -> None:
-    lifecycle.stop.set()
-    inbox.wake()
-
-
-def _restart_in_place(lifecycle: Lifecycle, inbox: Inbox) -> None:
-    lifecycle.exec_restart = True
-    _request_stop(lifecycle, inbox)
-
-
-def _request_restart(lifecycle: Lifecycle, inbox: Inbox) -> None:
-    lifecycle.restart_requested = True
-    _request_stop(lifecycle, inbox)
-
-
-def _request_update_restart(lifecycle: Lifecycle, inbox: Inbox) -> None:
-    lifecycle.update_restart = True
-    _request_stop(lifecycle, inbox)
-
-
-def _install_signals(lifecycle: Lifecycle, inbox: Inbox) -> dict[int, Any]:
-    previous: dict[int, Any] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, lambda *_: _request_stop(lifecycle, inbox))
-    return previous
-
-
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-

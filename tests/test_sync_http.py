@@ -68,7 +68,7 @@ class Board:
         self.content = Content(tmp_path / "state", self.store, self.problems, keys=load_trusted_keys(keys),
                                device_id=DEVICE, groups=["angiang"])
         restored = self.content.restore()
-        if restored is not None:  # as the agent does before its first sync (main._restore)
+        if restored is not None:  # as the agent does before its first sync (wiring.restore)
             self.content.verify_cached(restored.media)
         self.stop = threading.Event()
         self.offsets: list[float] = []
