@@ -97,12 +97,13 @@ def usb(board: Board, results: Results) -> None:
     name = "usb"
     source = board.source
     with step("usb: factory reset to an empty config; the board boots with a USB port"):
-        board.v.sh(f"systemctl stop {UNIT} && find {STORAGE} -mindepth 1 -delete && rm -f /etc/bangtin/token", timeout=120)
-        _write_config(board, json.dumps(EMPTY_CONFIG) + "\n")
+        # Before the reset: a board without the rule fails here still playing (the recovery needs no re-enrolment).
         rule = board.v.run("cat /etc/udev/rules.d/80-bangtin-usb.rules")
         if rule.rc != 0:
             raise StepFailed("usb: factory reset to an empty config; the board boots with a USB port",
                              "no /etc/udev/rules.d/80-bangtin-usb.rules: install.sh did not install the USB rule")
+        board.v.sh(f"systemctl stop {UNIT} && find {STORAGE} -mindepth 1 -delete && rm -f /etc/bangtin/token", timeout=120)
+        _write_config(board, json.dumps(EMPTY_CONFIG) + "\n")
         board.v.shutdown()
         board.power_on(VmOptions(arch=board.image.arch, usb=True))
         board.wait_ready(180)
