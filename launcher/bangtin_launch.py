@@ -40,6 +40,10 @@ from typing import Any
 
 EXIT_RESTART = 75  # the agent asks to be started again (a new release is in place)
 READY_TIMEOUT_S = 90.0  # below systemd's TimeoutStartSec (120), so the launcher judges first
+# A release on trial must be back on the previous one within health_s + 60 s (issue #13) whatever
+# way it fails: one that never reaches READY is judged early enough to leave the previous release
+# this long for its own start-up to content (measured ~10 s under QEMU/TCG; a Pi is faster).
+ROLLBACK_START_S = 30.0
 SHOWING_GRACE_S = 60.0
 POWER_CUT_RETRIES = 3
 STOP_GRACE_S = 20.0
@@ -180,22 +184,48 @@ class Launcher:
                     watch["ping"] = now
                 elif line == "BANGTIN_SHOWING=1":
                     watch.setdefault("showing", now)
-            if self.upstream:
-                address = "\0" + self.upstream[1:] if self.upstream.startswith("@") else self.upstream
-                try:
-                    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
-                        # Never wait on systemd: a full queue drops this message (the next ping comes soon).
-                        out.sendto(message, socket.MSG_DONTWAIT, address)
-                except OSError:
-                    pass
+            self.notify(message)
+
+    def notify(self, message: bytes) -> None:
+        """One message to systemd's notify socket (nothing when not under systemd)."""
+        if not self.upstream:
+            return
+        address = "\0" + self.upstream[1:] if self.upstream.startswith("@") else self.upstream
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+                # Never wait on systemd: a full queue drops this message (the next ping comes soon).
+                out.sendto(message, socket.MSG_DONTWAIT, address)
+        except OSError:
+            pass
+
+    def ready_deadline(self, trial: dict[str, Any] | None) -> float:
+        """Seconds a child has to reach READY: the launcher's timeout, and for a release on trial
+        short enough that its rollback still lands within health_s + 60 s."""
+        if trial is None:
+            return self.ready_timeout_s
+        health_s = float(trial.get("health_s", 120))
+        return max(1.0, min(self.ready_timeout_s, health_s + 60 - ROLLBACK_START_S))
+
+    def feed_watchdog(self, watch: dict[str, float], started: float, deadline_s: float) -> None:
+        """Answer systemd's watchdog for a child still starting. The unit has been READY since the
+        first child was, so systemd's watchdog runs on through every later start (a release's trial,
+        a rollback): a child starts slower than WatchdogSec allows, or hangs, and systemd would kill the
+        whole unit before the launcher judged it. Until the child's READY, and at most `deadline_s`,
+        the launcher pings for it; after READY the child's own pings are relayed."""
+        if self.watchdog_s is None or "ready" in watch:
+            return
+        now = time.monotonic()
+        if now - started <= deadline_s and now - watch.get("fed", 0.0) >= self.watchdog_s / 4:
+            watch["fed"] = now
+            self.notify(b"WATCHDOG=1")
 
     def verdict(self, trial: dict[str, Any], watch: dict[str, float], started: float) -> tuple[str, str] | None:
         """("done"|"failed", reason) once the trial is decided."""
         now, health_s = time.monotonic(), float(trial.get("health_s", 120))
         ready, showing, ping = watch.get("ready"), watch.get("showing"), watch.get("ping", started)
         if ready is None:
-            return ("failed", f"did not reach READY within {self.ready_timeout_s:.0f} s") \
-                if now - started > self.ready_timeout_s else None
+            deadline_s = self.ready_deadline(trial)
+            return ("failed", f"did not reach READY within {deadline_s:.0f} s") if now - started > deadline_s else None
         if self.watchdog_s is not None and now - max(ping, ready) > self.watchdog_s:
             return "failed", f"stopped answering the watchdog ({self.watchdog_s:.0f} s)"
         if showing is None:
@@ -253,6 +283,7 @@ class Launcher:
             readable, _, _ = select.select([sock], [], [], 0.2)
             if readable:
                 self.relay(sock, watch)
+            self.feed_watchdog(watch, started, self.ready_deadline(trial))
             code = self.child.poll()
             if code is not None:
                 self.relay(sock, watch)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install bangtin-agent as a service on Raspberry Pi OS Lite (Bookworm or Trixie, 64-bit) or Debian.
 #
-#   sudo ./scripts/install.sh [--dry-run] [--token-file FILE] [--no-cec]
+#   sudo ./scripts/install.sh [--dry-run] [--token-file FILE] [--province-key KEY]... [--no-cec]
 #
 # Idempotent: run it again after `git pull` to upgrade. It never overwrites /etc/bangtin/agent.yaml
-# or the token. --dry-run prints every step and changes nothing.
+# or the token. --province-key (the province's base64 Ed25519 key for provisioning bundles,
+# repeatable) is written to /etc/bangtin/agent.d/10-province.yaml. --dry-run changes nothing.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,13 +14,15 @@ PREFIX=${BANGTIN_PREFIX:-/opt/bangtin}
 ETC=${BANGTIN_ETC:-/etc/bangtin}
 STATE=${BANGTIN_STATE:-/var/lib/bangtin}
 UNIT=${BANGTIN_UNIT:-/etc/systemd/system/bangtin-agent.service}
+UDEV_RULES=${BANGTIN_UDEV_RULES:-/etc/udev/rules.d}
 SERVICE_USER=bangtin
 DRY_RUN=0
 TOKEN_SOURCE=""
+PROVINCE_KEYS=()
 WITH_CEC=1
 PACKAGES=(python3 python3-venv fonts-dejavu-core libgbm1 libdrm2 libegl1 libgles2 libgl1-mesa-dri)
 
-usage() { sed -n '2,8p' "$0"; exit "${1:-0}"; }
+usage() { sed -n '2,9p' "$0"; exit "${1:-0}"; }
 
 # Messages in Vietnamese when the locale is vi_VN (the agent's own catalogue, agent/locale, read
 # with Python's gettext: the C library would need the vi_VN locale generated); English otherwise.
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --token-file) TOKEN_SOURCE=${2:?--token-file needs a file}; shift ;;
+        --province-key) PROVINCE_KEYS+=("${2:?--province-key needs a key}"); shift ;;
         --no-cec) WITH_CEC=0 ;;
         -h|--help) usage 0 ;;
         *) say "install.sh: unknown option %s" "$1" >&2; usage 2 ;;
@@ -54,6 +58,13 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$WITH_CEC" -eq 1 ] && PACKAGES+=(cec-utils v4l-utils)
+for key in "${PROVINCE_KEYS[@]}"; do
+    # A typo here would leave a board that refuses every bundle: check it is a 32-byte Ed25519 key.
+    if [ ${#key} -ne 44 ] || [ "$(printf '%s' "$key" | base64 -d 2>/dev/null | wc -c)" -ne 32 ]; then
+        say "install.sh: --province-key: expected a base64 Ed25519 public key (44 characters), found %s" "$key" >&2
+        exit 2
+    fi
+done
 
 run() {
     # Print each step; run it unless --dry-run.
@@ -81,6 +92,25 @@ write_release_record() {
         shas=$(sha256sum "$2"/*.whl | awk '{printf "%s\"%s\"", (NR>1?",":""), $1}')
         printf '{"serial": 0, "version": "%s", "wheels": [%s]}\n' \
             "$("$1/bin/python" -P -c 'import agent; print(agent.__version__)')" "$shas" > "$1/bangtin-release.json"
+    fi
+}
+
+write_province_keys() {
+    # The province's provisioning keys in a drop-in of their own, root's: the technician's agent.yaml
+    # stays untouched, and a bundle (agent.d/50-provision.yaml, written by the service) comes later.
+    echo "+ write $1 (security.provision_keys: ${PROVINCE_KEYS[*]})"
+    if [ "$DRY_RUN" -eq 0 ]; then
+        local tmp
+        tmp=$(mktemp)
+        {
+            echo "# Written by install.sh --province-key: the keys that sign this board's provisioning bundles"
+            echo "# (PROTOCOL.md §12). Run install.sh again with --province-key to change them."
+            echo "security:"
+            echo "  provision_keys:"
+            printf '    - "%s"\n' "${PROVINCE_KEYS[@]}"
+        } > "$tmp"
+        install -m 0640 -o root -g "$SERVICE_USER" "$tmp" "$1"
+        rm -f "$tmp"
     fi
 }
 
@@ -169,6 +199,14 @@ if [ -e "$ETC/agent.yaml" ]; then
 else
     run install -m 0640 -o root -g "$SERVICE_USER" "$SRC/config/agent.example.yaml" "$ETC/agent.yaml"
 fi
+# agent.d: drop-ins merged over agent.yaml. The service owns the folder: a provisioning bundle is
+# written there (the unit's ReadWritePaths lets it through ProtectSystem=strict).
+run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$ETC/agent.d"
+if [ ${#PROVINCE_KEYS[@]} -gt 0 ]; then
+    write_province_keys "$ETC/agent.d/10-province.yaml"
+elif [ -e "$ETC/agent.d/10-province.yaml" ]; then
+    say "  %s exists: kept as it is" "$ETC/agent.d/10-province.yaml"
+fi
 if [ -n "$TOKEN_SOURCE" ]; then
     if [ -e "$ETC/token" ]; then
         say "  %s exists: kept as it is" "$ETC/token"
@@ -176,6 +214,12 @@ if [ -n "$TOKEN_SOURCE" ]; then
         run install -m 0600 -o "$SERVICE_USER" -g "$SERVICE_USER" "$TOKEN_SOURCE" "$ETC/token"
     fi
 fi
+
+say "== USB sticks"
+# Raspberry Pi OS Lite has no automounter: this rule mounts a stick's filesystem read-only under
+# /media/bangtin-<name>, where the agent looks for provisioning bundles (docs/systemtest.md, "usb").
+run install -m 0644 "$SRC/systemd/80-bangtin-usb.rules" "$UDEV_RULES/80-bangtin-usb.rules"
+if [ -d /run/udev ]; then run udevadm control --reload; fi
 
 say "== systemd unit"
 run install -m 0644 "$SRC/systemd/bangtin-agent.service" "$UNIT"

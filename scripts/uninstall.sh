@@ -34,6 +34,10 @@ if [ -e /etc/systemd/system/bangtin-agent.service ]; then
 fi
 run rm -rf /opt/bangtin
 run rm -f /usr/local/bin/bangtin-agent
+if [ -e /etc/udev/rules.d/80-bangtin-usb.rules ]; then
+    run rm -f /etc/udev/rules.d/80-bangtin-usb.rules
+    if [ -d /run/udev ]; then run udevadm control --reload; fi
+fi
 if [ "$PURGE" -eq 1 ]; then
     run rm -rf /etc/bangtin /var/lib/bangtin
     if id bangtin >/dev/null 2>&1; then run userdel bangtin; fi

@@ -36,24 +36,40 @@ print(data.decode())
 """
 
 
-def project_tar(breakage: str | None = None) -> bytes:
-    """The checkout as a technician's `git clone` has it (tracked and new files, no .git/.venv),
-    optionally with a deliberate breakage for the negative check."""
+# --break NAME: a deliberate defect in the checkout the board installs; the run must fail naming the step.
+BREAKAGES: dict[str, tuple[str, bytes, bytes]] = {  # name -> (file, text, replaced by)
+    # A unit that cannot start the agent: a typo in ExecStart's subcommand.
+    "unit": ("systemd/bangtin-agent.service", b"bangtin-agent run --config", b"bangtin-agent rnu --config"),
+    # An installer that asks apt for a package the board's sources do not have.
+    "install": ("scripts/install.sh", b"PACKAGES=(python3 ", b"PACKAGES=(python3 bangtin-no-such-package "),
+    # A launcher that never rolls a failed release back (the update part must fail).
+    "rollback": ("launcher/bangtin_launch.py", b'point(self.update / "current", Path(previous) if previous else None)',
+                 b"pass  # systemtest --break rollback"),
+    # An installer without the USB automount rule (the usb part must fail).
+    "usb": ("scripts/install.sh", b'run install -m 0644 "$SRC/systemd/80-bangtin-usb.rules"',
+            b'echo skipped "$SRC/systemd/80-bangtin-usb.rules"'),
+}
+
+
+def checkout_files() -> list[str]:
+    """The checkout as a technician's `git clone` has it: tracked and new files, no .git/.venv."""
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             capture_output=True, check=True).stdout.split(b"\0")
+    return [name for name in sorted({n.decode() for n in listed if n}) if (ROOT / name).is_file()]
+
+
+def project_tar(breakage: str | None = None) -> bytes:
+    """The checkout (`checkout_files`) as a tar, optionally with a deliberate breakage for the negative check."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name in sorted({n.decode() for n in listed if n}):
+        for name in checkout_files():
             path = ROOT / name
-            if not path.is_file():
-                continue
             data = path.read_bytes()
-            if breakage == "unit" and name == "systemd/bangtin-agent.service":
-                # A unit that cannot start the agent: a typo in ExecStart's subcommand.
-                data = data.replace(b"bangtin-agent run --config", b"bangtin-agent rnu --config")
-            if breakage == "install" and name == "scripts/install.sh":
-                # An installer that asks apt for a package the board's sources do not have.
-                data = data.replace(b"PACKAGES=(python3 ", b"PACKAGES=(python3 bangtin-no-such-package ", 1)
+            if breakage is not None and name == BREAKAGES[breakage][0]:
+                old, new = BREAKAGES[breakage][1:]
+                if old not in data:
+                    raise StepFailed("install: copy the checkout", f"--break {breakage}: {old!r} is not in {name} any more")
+                data = data.replace(old, new, 1)
             info = tarfile.TarInfo(f"bangtin-agent/{name}")
             info.size = len(data)
             info.mode = path.stat().st_mode & 0o777
@@ -62,9 +78,10 @@ def project_tar(breakage: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def agent_config(source: Source, **display: Any) -> str:
-    """/etc/bangtin/agent.yaml as the technician fills it in (README "Point a board at the provincial source")."""
-    config = {
+def agent_config(source: Source, sections: dict[str, dict[str, Any]] | None = None, **display: Any) -> str:
+    """/etc/bangtin/agent.yaml as the technician fills it in (README "Point a board at the provincial source"),
+    with `sections`' keys added (e.g. {"update": {"health_s": 30}})."""
+    config: dict[str, dict[str, Any]] = {
         "device": {"id": DEVICE},
         "source": {"url": f"http://{SOURCE_IP}:{SOURCE_PORT}{BASE_PATH}", "token_file": "/etc/bangtin/token",
                    "poll_interval_s": 10},
@@ -73,6 +90,8 @@ def agent_config(source: Source, **display: Any) -> str:
         "display": {"width": 1280, "height": 720, "fullscreen": True, "power_on_command": None,
                     "power_off_command": None, **display},
     }
+    for section, keys in (sections or {}).items():
+        config.setdefault(section, {}).update(keys)
     return json.dumps(config, ensure_ascii=False, indent=2) + "\n"  # JSON is YAML
 
 

@@ -1,4 +1,4 @@
-"""`./scripts/systemtest [--ci] [--arch arm64] [--only PART,...] [--break unit|install]`
+"""`./scripts/systemtest [--ci] [--arch arm64] [--only PART,...] [--break unit|install|rollback|usb]`
 
 Builds (or takes from the cache) the Debian 12 image, boots it under QEMU/TCG, installs the board
 with scripts/install.sh and runs the parts of issue #12 in order on that one installed board.
@@ -8,6 +8,7 @@ Prints one summary block, writes it as JSON, and exits non-zero naming the step 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -15,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from systemtest import image as images
-from systemtest import s_hardening, s_install, s_network, s_power, s_service
-from systemtest.board import Board
+from systemtest import s_hardening, s_install, s_network, s_power, s_service, s_update, s_usb
+from systemtest.board import BREAKAGES, Board
 from systemtest.content import look
 from systemtest.results import Results
 from systemtest.source import Source
@@ -34,10 +35,14 @@ PARTS: dict[str, Callable[[Board, Results], None]] = {
     "starved-link": s_network.starved_link,
     "power-cuts": s_power.power_cuts,
     "slow-card": s_power.slow_card,
+    "update": s_update.update,
+    "usb": s_usb.usb,  # last: it re-enrols the board as another device, from a factory reset
     "hardening": s_hardening.hardening,
 }
 OPTIONAL = {"hardening"}  # an investigation for the hardening work, run with --only
-CI_PARTS = ["checks"]
+# CI stays well under 15 minutes: usb adds about a minute; update (three releases, each a venv
+# installed under TCG) adds about seven and stays a command (docs/systemtest.md, "What CI runs").
+CI_PARTS = ["checks", "usb"]
 ARM64_PARTS = ["checks"]
 
 
@@ -45,13 +50,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/systemtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["amd64", "arm64"], default="amd64")
-    parser.add_argument("--ci", action="store_true", help="the CI part: image, install, boot, READY, screen, checks")
+    parser.add_argument("--ci", action="store_true", help="the CI part: image, install, boot, READY, screen, checks, usb")
     parser.add_argument("--only", help=f"comma-separated parts after the install: {', '.join(PARTS)}")
     parser.add_argument("--skip", help="comma-separated parts to leave out")
     parser.add_argument("--cycles", type=int, default=20, help="power cuts (default 20)")
     parser.add_argument("--crashes", type=int, default=4, help="crashes in the crash loop (default 4)")
-    parser.add_argument("--break", dest="breakage", choices=["unit", "install"],
-                        help="deliberately break the unit file or install.sh: the run must fail naming the step")
+    parser.add_argument("--break", dest="breakage", choices=sorted(BREAKAGES),
+                        help="deliberately break the unit file, install.sh, the launcher's rollback or the USB rule: "
+                             "the run must fail naming the step")
     parser.add_argument("--results", type=Path, help="JSON results file (default: in the run's folder)")
     parser.add_argument("--workdir", type=Path, help="run folder (default: under the cache)")
     return parser.parse_args(argv)
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown part(s): {', '.join(unknown)}; known: {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    workdir = args.workdir or images.cache_root() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.arch}"
+    # The pid too: two runs started in the same second (another checkout) get folders of their own.
+    workdir = args.workdir or images.cache_root() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.arch}-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     results = Results(args.arch, mode + (f", break {args.breakage}" if args.breakage else ""))
     results_path = args.results or workdir / "results.json"

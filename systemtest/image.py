@@ -11,12 +11,16 @@ Two layers, each keyed by a hash of its inputs so a change rebuilds only what it
   local sources only, the guest agent, and boot settings; `mkfs.ext4 -d` (no loop mounts). Key:
   the rootfs key, constraints.txt, setup.cfg, the guest agent and these settings.
 
-Runs use a qcow2 overlay on the raw disk, so the cached base stays clean.
+Runs use a qcow2 overlay on the raw disk, so the cached base stays clean. Two runs may share the
+cache at once (another checkout, another `--workdir`): builds take turns under `.build.lock`, and a
+run holds a shared lock on its disk's `.inuse` file for as long as it lives, so a build for other
+inputs never prunes a disk that a running board boots from (its overlay's backing file).
 """
 
 from __future__ import annotations
 
 import configparser
+import fcntl
 import hashlib
 import json
 import os
@@ -25,9 +29,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from systemtest.util import StepFailed, log
 
@@ -100,6 +106,8 @@ class Image:
     key: str
     built_s: float  # 0.0 when it came from the cache
     layers_built: tuple[str, ...]
+    # A shared flock on the disk's `.inuse` file, held while this process lives: no prune takes it away.
+    in_use: IO[bytes] | None = field(default=None, compare=False, repr=False)
 
 
 def cache_root() -> Path:
@@ -152,16 +160,22 @@ def _write_packages_index(debs: Path) -> None:
     (debs / "Packages").write_text("\n".join(entries))
 
 
-def _runtime_requirements() -> list[str]:
+def install_requires() -> list[str]:
+    """The agent's own dependencies (setup.cfg), comments left out."""
     parser = configparser.ConfigParser()
     parser.read(ROOT / "setup.cfg")
-    requires = [line.strip() for line in parser["options"]["install_requires"].splitlines() if line.strip()]
+    return [line.strip() for line in parser["options"]["install_requires"].splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def _runtime_requirements() -> list[str]:
     build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-    return [*requires, *build, "pip"]
+    return [*install_requires(), *build, "pip"]
 
 
-def download_wheels(arch: str, target: Path, python: str) -> None:
-    """The project's dependencies (and its build backend) as wheels for the guest's Python and platform."""
+def download_wheels(arch: str, target: Path, python: str, requirements: list[str] | None = None) -> None:
+    """The project's dependencies (and its build backend, unless `requirements` says otherwise) as
+    wheels for the guest's Python and platform."""
     machine = WHEEL_PLATFORM[arch]
     platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(36, 16, -1)] + [f"manylinux2014_{machine}"]
     command = [python, "-m", "pip", "download", "-q", "-d", str(target), "--only-binary=:all:",
@@ -169,7 +183,8 @@ def download_wheels(arch: str, target: Path, python: str) -> None:
                "--abi", "none", "-c", str(ROOT / "constraints.txt")]
     for platform in platforms:
         command += ["--platform", platform]
-    done = subprocess.run([*command, *_runtime_requirements()], capture_output=True, text=True, check=False)
+    done = subprocess.run([*command, *(requirements or _runtime_requirements())], capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
         raise StepFailed("image: download wheels", done.stderr.strip()[-2000:])
 
@@ -199,11 +214,15 @@ def _rootfs(arch: str, cache: Path) -> tuple[Path, str, bool]:
 
 def build(arch: str, python: str) -> Image:
     """The cached image for `arch`, building the layers whose inputs changed."""
-    import time
-
     started = time.monotonic()
     cache = cache_root() / arch
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".build.lock", "ab") as build_lock:
+        fcntl.flock(build_lock, fcntl.LOCK_EX)  # another run building now: wait, then find its layers cached
+        return _build_locked(arch, python, cache, started)
+
+
+def _build_locked(arch: str, python: str, cache: Path, started: float) -> Image:
     tar, rootfs_key, rootfs_built = _rootfs(arch, cache)
     guestd = (Path(__file__).parent / "guestd.py").read_bytes()
     key = _hash(FORMAT, rootfs_key, (ROOT / "constraints.txt").read_bytes(), (ROOT / "setup.cfg").read_bytes(),
@@ -246,12 +265,27 @@ def build(arch: str, python: str) -> Image:
             shutil.copyfile(initrds[-1], initrd)
             partial.rename(disk)
         layers += ("disk",)
+    in_use = open(disk.with_suffix(".inuse"), "ab")  # noqa: SIM115 — held until this process ends
+    fcntl.flock(in_use, fcntl.LOCK_SH)
+    if layers:
         _prune(cache, keep={tar.name, disk.name, kernel.name, initrd.name})
-    return Image(arch, disk, kernel, initrd, key, time.monotonic() - started if layers else 0.0, layers)
+    return Image(arch, disk, kernel, initrd, key, time.monotonic() - started if layers else 0.0, layers, in_use)
 
 
 def _prune(cache: Path, keep: set[str]) -> None:
-    """Old layers of this arch go: one image per arch is kept."""
-    for path in cache.iterdir():
-        if path.is_file() and path.name not in keep and path.name.startswith(("rootfs-", "disk-")):
-            path.unlink()
+    """Old layers of this arch go (one image per arch is kept), except a disk another run still boots
+    from: its `.inuse` lock is held, so it stays until a later build finds it free."""
+    for raw in cache.glob("disk-*.raw"):
+        if raw.name in keep:
+            continue
+        with open(raw.with_suffix(".inuse"), "ab") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"keeping {raw.name}: another run uses it")
+                continue
+            for suffix in (".raw", ".vmlinuz", ".initrd", ".inuse"):
+                raw.with_suffix(suffix).unlink(missing_ok=True)
+    for tar in cache.glob("rootfs-*.tar"):  # only read inside a build, and builds take turns
+        if tar.name not in keep:
+            tar.unlink()

@@ -65,6 +65,7 @@ class ScreenWatch:
     boot: int
     showings: list[Showing] = field(default_factory=list)
     strange: list[tuple[float, str]] = field(default_factory=list)  # two samples in a row neither item, splash nor dark
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # (host monotonic, kind) of every sample
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -98,6 +99,7 @@ class ScreenWatch:
             now, wall = time.monotonic(), time.time()
             kind = self.classify(screen)
             self.samples += 1
+            self.timeline.append((now, kind))
             if kind == "other" and previous_kind == "other":
                 self.strange.append((now, self.board.look.describe(screen)))
             previous_kind = kind

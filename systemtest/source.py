@@ -11,6 +11,8 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Any
 from refsource.cli import keygen, load_site, publish
 from refsource.server import Handler, ReferenceServer, SourceState, strong_etag
 
+ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "xa-thu-nghiem-01"
 TOKEN = "systemtest-token-7f3a"
 BASE_PATH = "/api/bangtin/v1"
@@ -119,6 +122,12 @@ class Source:
         self.workdir = workdir
         self.key_path = workdir / "province-key.json"
         self.key = keygen(self.key_path)
+        # Kept apart as a province keeps them (PROTOCOL.md §11, §12): a leaked content key installs no
+        # code and enrols no board.
+        self.release_key_path = workdir / "release-key.json"
+        self.release_key = keygen(self.release_key_path)
+        self.provision_key_path = workdir / "provision-key.json"
+        self.provision_key = keygen(self.provision_key_path)
         self.content = workdir / "content"
         self.site = workdir / "site"
         self.content.mkdir(parents=True, exist_ok=True)
@@ -132,17 +141,39 @@ class Source:
     def switches(self) -> Switches:
         return self.server.switches
 
-    def publish(self, manifest: dict[str, Any], files: dict[str, Path]) -> int:
-        """Sign `manifest` (media urls name keys of `files`) and serve it; returns the serial."""
+    def publish(self, manifest: dict[str, Any], files: dict[str, Path], *, release: Path | None = None,
+                device: str = DEVICE) -> int:
+        """Sign `manifest` (media urls name keys of `files`) for `device` and serve it; returns the
+        serial. With `release` (a release document) it is the province's own command line,
+        `python -m refsource publish --release`, as docs/updates.md tells a province to run it."""
         for name, path in files.items():
             target = self.content / name
             if not target.exists():
                 shutil.copyfile(path, target)
         (self.content / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
-        published = publish(self.content, self.site, DEVICE, self.key_path)
+        if release is None:
+            serial = int(publish(self.content, self.site, device, self.key_path)["serial"])
+        else:
+            out = _refsource("publish", "--content", self.content, "--site", self.site, "--device", device,
+                             "--key", self.key_path, "--release", release)
+            serial = int(out.split()[2])  # "published serial N for …"
         with self.state.lock:
             load_site(self.site, self.state)
-        return int(published["serial"])
+        return serial
+
+    def release(self, wheels: Path, version: str, serial: int, device: str = DEVICE) -> Path:
+        """`python -m refsource release`: sign release `serial` of every wheel in `wheels` into the
+        site, addressed to `device`; returns the release document to `publish` with."""
+        _refsource("release", "--wheels", wheels, "--key", self.release_key_path, "--version", version,
+                   "--site", self.site, "--serial", str(serial), "--device", device)
+        with self.state.lock:
+            load_site(self.site, self.state)
+        return self.site / "releases" / f"release-{serial}.json"
+
+    def sent_under(self, prefix: str) -> dict[str, int]:
+        """Body bytes the source handed the board, per path under `prefix` (e.g. the releases)."""
+        with self.state.lock:
+            return {path: sent for path, sent in self.switches.sent_per_media.items() if path.startswith(prefix)}
 
     def media_url(self, path: Path) -> str:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -159,3 +190,12 @@ class Source:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _refsource(*arguments: str | Path) -> str:
+    """Run the reference source's command line (the tool a province runs); its stdout."""
+    done = subprocess.run([sys.executable, "-m", "refsource", *map(str, arguments)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"python -m refsource {arguments[0]}: {(done.stderr or done.stdout).strip()[-1500:]}")
+    return done.stdout

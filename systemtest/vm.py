@@ -46,6 +46,7 @@ class VmOptions:
     cpus: int = 2
     throttle: Throttle | None = None
     pcap: Path | None = None  # every frame on the guest's NIC, for bytes on the wire
+    usb: bool = False  # an XHCI controller, so USB sticks can be plugged in (`Vm.plug_stick`)
 
 
 class QmpError(Exception):
@@ -196,6 +197,9 @@ class Vm:
     guest: GuestChannel | None = None
     serial_log: Path | None = None
     _shots: itertools.count[int] = field(default_factory=itertools.count)
+    # One screendump at a time: QMP writes the file, we read it back (a screen watcher thread and a
+    # part's own waits both take pictures).
+    _screen_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def command(self) -> list[str]:
         work = self.workdir
@@ -228,6 +232,8 @@ class Vm:
         ]
         if self.options.pcap is not None:
             command += ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.options.pcap}"]
+        if self.options.usb:
+            command += ["-device", "qemu-xhci,id=xhci"]
         return command
 
     def start(self) -> Vm:
@@ -308,14 +314,46 @@ class Vm:
         after = time.time()
         return float(answer["time"]) - (before + after) / 2
 
+    def mono_offset(self) -> float:
+        """Host monotonic minus guest CLOCK_MONOTONIC (s), from one round trip: turns the journal's
+        monotonic timestamps into the host's time line."""
+        assert self.guest is not None
+        before = time.monotonic()
+        answer = self.guest.request("ping", wait=10)
+        after = time.monotonic()
+        return (before + after) / 2 - float(answer["mono"])
+
     # --- screen ------------------------------------------------------------------------------
 
     def screendump(self, keep: str | None = None) -> Screen:
         """The pixels the virtio-gpu scanout shows now (not the agent's own screenshot)."""
         assert self.qmp is not None
         target = self.workdir / (f"{self.name}.{keep}.ppm" if keep else f"{self.name}.screen.ppm")
-        self.qmp.execute("screendump", filename=str(target))
-        return read_ppm(target.read_bytes())
+        with self._screen_lock:
+            self.qmp.execute("screendump", filename=str(target))
+            return read_ppm(target.read_bytes())
+
+    # --- USB ---------------------------------------------------------------------------------
+
+    def plug_stick(self, image: Path, name: str) -> None:
+        """Hot-plug a USB stick holding `image` (a raw filesystem image) into the XHCI controller,
+        write-protected, as a technician plugs one into the board."""
+        assert self.qmp is not None and self.options.usb, "boot the board with VmOptions(usb=True)"
+        self.qmp.execute("blockdev-add", **{"driver": "raw", "node-name": name, "read-only": True,
+                                            "file": {"driver": "file", "filename": str(image), "read-only": True}})
+        self.qmp.execute("device_add", driver="usb-storage", bus="xhci.0", drive=name, id=name, removable=True)
+
+    def unplug_stick(self, name: str, timeout: float = 30) -> None:
+        """Pull the stick out: the guest sees the device go; its image is let go once it has."""
+        assert self.qmp is not None
+        self.qmp.execute("device_del", id=name)
+
+        def released() -> bool:
+            assert self.qmp is not None
+            self.qmp.execute("blockdev-del", **{"node-name": name})  # fails while the device still holds it
+            return True
+
+        wait_for(released, timeout, f"USB stick {name} to be released by the guest", interval=0.2)
 
     # --- power -------------------------------------------------------------------------------
 

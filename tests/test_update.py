@@ -374,6 +374,34 @@ def test_a_release_that_fails_its_trial_is_rolled_back_and_never_retried(launch:
     assert f"release 2 (2.0) rolled back: {reason}" in launch.log.read_text()
 
 
+def test_the_launcher_answers_the_watchdog_for_a_release_still_starting(launch: Launch) -> None:
+    """systemd's watchdog runs on across the launcher's later starts (the unit stays READY): without
+    the launcher's own pings a release that starts slowly or hangs got the whole unit killed by
+    systemd before the launcher judged it (the system test found it: "Watchdog timeout")."""
+    launch.health_s = 10
+    previous = fake_release(launch.update / "releases" / "1", "good")
+    launch.release(2, "never-ready", previous=previous)
+    launch.start()
+    wait_for(lambda: launch.outcome().get("failed", {}).get("2"), timeout=30, what="the rollback")
+    wait_for(lambda: "READY=1" in launch.systemd.received(), timeout=10, what="the previous release READY")
+    received = launch.systemd.received()
+    # The release on trial never sent a thing: every ping before the previous release's READY is the launcher's.
+    assert received[:received.index("READY=1")].count("WATCHDOG=1") >= 2, received[:20]
+
+
+def test_a_trial_is_judged_early_enough_for_its_rollback_to_land_within_health_s_plus_60() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bangtin_launch", LAUNCHER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    launcher = module.Launcher("/dev/null", Path("/nonexistent"), Path("/nonexistent"), sys.executable)
+    assert launcher.ready_deadline(None) == module.READY_TIMEOUT_S
+    assert launcher.ready_deadline({"health_s": 120}) == module.READY_TIMEOUT_S  # the default: 90 s, well within 180
+    assert launcher.ready_deadline({"health_s": 30}) == 30 + 60 - module.ROLLBACK_START_S  # the minimum health_s
+
+
 def test_a_trial_killed_in_this_boot_fails_but_one_cut_by_a_power_cut_runs_again(tmp_path: Path) -> None:
     killed = Launch(tmp_path / "a")
     killed.release(2, "good", runs=1, clean=False)  # the launcher died with it (a watchdog kill, the OOM killer)
