@@ -44,6 +44,11 @@ READY_TIMEOUT_S = 90.0  # below systemd's TimeoutStartSec (120), so the launcher
 # way it fails: one that never reaches READY is judged early enough to leave the previous release
 # this long for its own start-up to content (measured ~10 s under QEMU/TCG; a Pi is faster).
 ROLLBACK_START_S = 30.0
+# The agent says READY right after its first frame (the splash), so until then a release on trial
+# leaves the screen dark: the previous release has exited and held the KMS device. Thirty seconds
+# is five times a release's first frame under QEMU/TCG (5.9 s from the switch, docs/systemtest.md);
+# one that needs longer is judged as broken rather than leave a public screen dark for longer.
+TRIAL_READY_S = 30.0
 SHOWING_GRACE_S = 60.0
 POWER_CUT_RETRIES = 3
 STOP_GRACE_S = 20.0
@@ -199,12 +204,13 @@ class Launcher:
             pass
 
     def ready_deadline(self, trial: dict[str, Any] | None) -> float:
-        """Seconds a child has to reach READY: the launcher's timeout, and for a release on trial
-        short enough that its rollback still lands within health_s + 60 s."""
+        """Seconds a child has to reach READY: the launcher's timeout; for a release on trial at most
+        TRIAL_READY_S (the screen is dark meanwhile), and short enough that its rollback still lands
+        within health_s + 60 s."""
         if trial is None:
             return self.ready_timeout_s
         health_s = float(trial.get("health_s", 120))
-        return max(1.0, min(self.ready_timeout_s, health_s + 60 - ROLLBACK_START_S))
+        return max(1.0, min(self.ready_timeout_s, TRIAL_READY_S, health_s + 60 - ROLLBACK_START_S))
 
     def feed_watchdog(self, watch: dict[str, float], started: float, deadline_s: float) -> None:
         """Answer systemd's watchdog for a child still starting. The unit has been READY since the

@@ -389,7 +389,7 @@ def test_the_launcher_answers_the_watchdog_for_a_release_still_starting(launch: 
     assert received[:received.index("READY=1")].count("WATCHDOG=1") >= 2, received[:20]
 
 
-def test_a_trial_is_judged_early_enough_for_its_rollback_to_land_within_health_s_plus_60() -> None:
+def test_a_trial_is_judged_early_enough_to_keep_the_dark_short_and_the_rollback_within_health_s_plus_60() -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bangtin_launch", LAUNCHER)
@@ -398,8 +398,9 @@ def test_a_trial_is_judged_early_enough_for_its_rollback_to_land_within_health_s
     spec.loader.exec_module(module)
     launcher = module.Launcher("/dev/null", Path("/nonexistent"), Path("/nonexistent"), sys.executable)
     assert launcher.ready_deadline(None) == module.READY_TIMEOUT_S
-    assert launcher.ready_deadline({"health_s": 120}) == module.READY_TIMEOUT_S  # the default: 90 s, well within 180
-    assert launcher.ready_deadline({"health_s": 30}) == 30 + 60 - module.ROLLBACK_START_S  # the minimum health_s
+    # On trial the screen is dark until the release draws: 30 s at most, whatever health_s is.
+    assert launcher.ready_deadline({"health_s": 120}) == module.TRIAL_READY_S == 30
+    assert launcher.ready_deadline({"health_s": 30}) == 30  # the minimum health_s: 30 + 60 - 30 as well
 
 
 def test_a_trial_killed_in_this_boot_fails_but_one_cut_by_a_power_cut_runs_again(tmp_path: Path) -> None:
