@@ -76,11 +76,7 @@ class Board:
             make_mp4(path, [(200, 40, 40), (40, 40, 200)], seconds_each=0.2, fps=10, size=size)
             if kind == "truncated":
                 path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-            data = path.read_bytes()
-            entry = {"id": f"m{len(self.media)}", "url": path.name, "sha256": hashlib.sha256(data).hexdigest(),
-                     "size": len(data), "type": "video/mp4"}
-            self.store.import_file(path, entry["sha256"], entry["size"], entry["id"])
-            self.media[key] = entry
+            self.media[key] = self._stored(path, "video/mp4")
         return self.media[key]
 
     def image(self, size: tuple[int, int]) -> dict[str, Any]:
@@ -90,12 +86,16 @@ class Board:
             surface = pygame.Surface(size)
             surface.fill((size[0] % 256, size[1] % 256, 90))
             pygame.image.save(surface, str(path))
-            data = path.read_bytes()
-            entry = {"id": f"m{len(self.media)}", "url": path.name, "sha256": hashlib.sha256(data).hexdigest(),
-                     "size": len(data), "type": "image/png"}
-            self.store.import_file(path, entry["sha256"], entry["size"], entry["id"])
-            self.media[size] = entry
+            self.media[size] = self._stored(path, "image/png")
         return self.media[size]
+
+    def _stored(self, path: Path, mime: str) -> dict[str, Any]:
+        """`path` imported into the verified store; its manifest media entry."""
+        data = path.read_bytes()
+        entry = {"id": f"m{len(self.media)}", "url": path.name, "sha256": hashlib.sha256(data).hexdigest(),
+                 "size": len(data), "type": mime}
+        self.store.import_file(path, entry["sha256"], entry["size"], entry["id"])
+        return entry
 
 
 @st.composite

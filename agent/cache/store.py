@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.files import fsync_dir
-from agent.models import MediaRejected, Room
+from agent.models import Manifest, Media, MediaRejected, Room
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +283,16 @@ class MediaStore:
             except OSError:
                 pass
 
-    def make_room_for(self, size: int, limit: int, needed: set[str], old: set[str], on_screen: set[str]) -> Room:
-        """Room for a new file of `size` bytes that a manifest (`needed`) takes: first from media
-        neither it nor the old manifest (`old`) needs, then from the old manifest's, never from what
-        is on screen. A turnover to a manifest that fills the cache on its own can only finish once
-        the old picture has left the screen: that is Room.AFTER_SCREEN_CHANGES, not a failure."""
+    def make_room_for(self, media: Media, limit: int, manifest: Manifest, current: Manifest | None,
+                      on_screen: set[str]) -> Room:
+        """Room for `manifest`'s new file `media`: first from media neither it nor the one in force
+        (`current`) needs, then from the current one's, never from what is on screen. A turnover to a
+        manifest that fills the cache on its own can only finish once the old picture has left the
+        screen: that is Room.AFTER_SCREEN_CHANGES, not a failure."""
         # The screen is never robbed: after the switch `old` is the new manifest itself, and the
         # picture still on screen belongs to neither.
+        size, needed = media.size, {m.sha256 for m in manifest.media}
+        old = {m.sha256 for m in current.media} if current is not None else set()
         if self.make_room(size, limit, needed | old | on_screen) or self.make_room(size, limit, needed | on_screen):
             return Room.MADE
         if self._would_fit(size, limit, needed):

@@ -42,7 +42,8 @@ class MediaSink(Protocol):
 
     def verified(self) -> frozenset[str]: ...
     def import_stream(self, source: BinaryIO, sha256: str, size: int, label: str) -> None: ...
-    def make_room_for(self, size: int, limit: int, needed: set[str], old: set[str], on_screen: set[str]) -> Room: ...
+    def make_room_for(self, media: Media, limit: int, manifest: Manifest, current: Manifest | None,
+                      on_screen: set[str]) -> Room: ...
     def flush_shown(self) -> None: ...
 
 
@@ -278,18 +279,13 @@ class FileSource:
 
 
     def _make_room(self, manifest: Manifest, media: Media) -> bool:
-        """As for HTTP (MediaStore.make_room_for); False: once the media on screen have left it."""
+        """Room for `media` (MediaStore.make_room_for); False: once the media on screen have left it."""
         limit = self._cache_limit_bytes
-        current = self._content.current()
-        room = self._store.make_room_for(media.size, limit, {m.sha256 for m in manifest.media},
-                                         {m.sha256 for m in current.media} if current is not None else set(),
-                                         self._on_screen())
-        if room is Room.MADE:
-            return True
-        if room is Room.AFTER_SCREEN_CHANGES:
-            return False
-        raise MediaRejected(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
-                            f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs")
+        room = self._store.make_room_for(media, limit, manifest, self._content.current(), self._on_screen())
+        if room is Room.NEVER:
+            raise MediaRejected(f"media {media.id}: {media.size} bytes do not fit in storage.cache_max_mb "
+                        f"({limit // (1024 * 1024)} MiB) beside the media this manifest needs")
+        return room is Room.MADE
 
 
 def _signature(path: Path) -> tuple[int, int, int]:
