@@ -5,6 +5,7 @@ windows applies live. Against the reference source on loopback; the clock is pas
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from pathlib import Path
@@ -102,6 +103,46 @@ def test_large_media_wait_for_the_window_small_and_emergency_ones_do_not(
     assert len(fetched(server, "video.png")) == 1 and outcome.held_media == ()
     assert board.store.path_for(hashlib.sha256(files["video"][0].read_bytes()).hexdigest()) is not None
     assert board.source.status()["held"] == []
+
+
+def test_a_held_file_that_once_failed_does_not_bring_a_round_every_second(
+        tmp_path, server, private_key, keys) -> None:
+    """A large file fails inside its window (the CDN lies about it), the window closes: its retry falls
+    due while it is held. The next round must be the next window's or the poll's, not at once: a
+    round a second is ~70,000 manifest polls a day on a SIM."""
+    clock = Clock(dt.datetime(2026, 11, 26, 4, 0, tzinfo=HANOI))  # in the window
+    video = media_file(tmp_path, "video.png", 300_000, seed=8)
+    publish(server, private_key, 1, {"video": (video, "normal")})
+    server.state.faults = Faults(wrong_media_bytes=True)
+    board = Board(tmp_path, server, keys, downloads=NIGHT, now=clock)
+    board.source.sync_once()
+    assert "SHA-256" in board.errors()  # failed, with its own retry back-off
+    server.state.faults = Faults()
+    clock.at = dt.datetime(2026, 11, 26, 9, 0, tzinfo=HANOI)  # the window has closed
+    board.later(2 * 3600)  # the failed file's retry is long due
+    outcome = board.source.sync_once()
+    assert outcome.held_media == ("video",)
+    assert outcome.retry_media_in_s is not None and outcome.retry_media_in_s > 15 * 3600  # 01:00 tomorrow
+
+
+def test_media_retries_between_polls_do_not_poll_the_manifest(tmp_path, server, private_key, keys) -> None:
+    """The source thread: a media retry due before the next poll fetches only (a poll costs bytes)."""
+    files = {"m1": media_file(tmp_path, "big.png", 200_000, seed=9)}
+    from tests.test_sync_http import publish as publish_plain
+
+    publish_plain(server, private_key, 1, files)
+    server.state.faults = Faults(cut_media_after_bytes=100_000, cut_times=3)  # three rounds cut short
+    board = Board(tmp_path, server, keys)
+    board.settings = board.source.settings = dataclasses.replace(board.source.settings, poll_interval_s=3600)
+    board.source.start()
+    try:
+        sha = hashlib.sha256(files["m1"].read_bytes()).hexdigest()
+        wait_for(lambda: board.store.path_for(sha) is not None, timeout=60, what="the file after its retries")
+    finally:
+        board.stop.set()
+        board.source.join(5)
+    assert len(server.requests_to("big.png")) >= 2  # it was retried
+    assert len(server.requests_to("/manifest")) == 1  # by media-only rounds: one poll in all
 
 
 def test_a_large_download_pauses_when_its_window_closes_and_resumes_in_the_next(

@@ -220,8 +220,9 @@ def test_the_agents_meter_agrees_with_counting_proxies_for_http_and_mqtt_over_tl
         wait_for(lambda: agent.status()["mqtt"]["connected"], timeout=20, what="MQTT over TLS")
         wait_for(lambda: len(server.requests_to("/manifest")) >= 2 and server.state.playlogs, timeout=40,
                  what="a second poll and an upload of records")
-        status = agent.status()
-        assert set(status["data"]["today"]["by_kind"]) >= {"manifest", "media", "reports", "mqtt"}
+        # The MQTT link's socket is read every 10 s (and at its close): wait for its first reading.
+        wait_for(lambda: set(agent.status()["data"]["today"]["by_kind"]) >= {"manifest", "media", "reports", "mqtt"},
+                 timeout=20, what="every kind of traffic in the meter")
         assert agent.stop(signal.SIGTERM) == 0
         wait_for(lambda: all(flow.closed_at for flow in http_proxy.snapshot() + mqtt_proxy.snapshot()),
                  what="every proxied connection closed")

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_RETRY_BASE_S = 60.0
 MEDIA_RETRY_CAP_S = 3600.0
-SCREEN_TURN_RETRY_S = 5.0  # how soon media waiting for the screen to turn over look again (no network)
+SCREEN_TURN_RETRY_S = 5.0  # how soon media waiting for the screen to turn over look again (no poll)
 PAUSE_ROUNDING = dt.timedelta(minutes=1)  # windows are whole minutes
 
 
@@ -194,32 +194,42 @@ class HttpSource:
         first = 0.0 if poll_now else self._rng.uniform(0, min(10.0, self.settings.poll_interval_s / 10))
         self._next_poll_at = self._mono() + first
         self._wake.wait(first)
+        poll_due = self._mono()
         while not self._stop.is_set():
+            # A round polls the manifest when its interval is up or a sync was asked for; a media
+            # retry (a back-off, a window opening, the screen turning over) in between only fetches:
+            # on a SIM a poll costs half a kilobyte, so retries must not bring polls with them.
+            poll = self._wake.is_set() or self._mono() >= poll_due
             self._wake.clear()
-            self._next_poll_at = None
             try:
-                outcome = self.sync_once()
+                outcome = self.sync_once(poll=poll)
                 self._poll_backoff.reset()
                 self._problems.resolve("source")
-                interval = self.settings.poll_interval_s
-                delay = self._rng.uniform(interval * 0.9, interval * 1.1)
+                if poll:
+                    interval = self.settings.poll_interval_s
+                    poll_due = self._mono() + self._rng.uniform(interval * 0.9, interval * 1.1)
+                delay = poll_due - self._mono()
                 if outcome.retry_media_in_s is not None:
                     delay = min(delay, max(1.0, outcome.retry_media_in_s))
             except SourceError as exc:
                 delay = self._poll_backoff.next_delay(exc.retry_after)
+                poll_due = self._mono() + delay
                 self._problems.report("source", f"source {self.settings.base_url}: {exc}")
                 log.info("next poll in %.0f s (failure %d in a row)", delay, self._poll_backoff.failures)
             except Exception:  # a bug must not end the thread: the board keeps trying
                 log.exception("http source failed")
                 delay = self._poll_backoff.next_delay()
-            self._next_poll_at = self._mono() + delay
-            self._wake.wait(delay)
+                poll_due = self._mono() + delay
+            self._next_poll_at = poll_due
+            self._wake.wait(max(0.0, delay))
 
     # --- one round -------------------------------------------------------------------------------
 
-    def sync_once(self) -> SyncOutcome:
-        """Poll the manifest, fetch what is missing, switch when ready. Raises SourceError for the poll."""
-        self._poll_manifest()
+    def sync_once(self, *, poll: bool = True) -> SyncOutcome:
+        """Poll the manifest (unless `poll` is False), fetch what is missing, switch when ready.
+        Raises SourceError for the poll."""
+        if poll:
+            self._poll_manifest()
         target = self._pending[0] if self._pending else self._content.current()
         if target is None:
             return SyncOutcome()
@@ -330,7 +340,10 @@ class HttpSource:
             self._content.media_changed()
             self._on_change()
         self._held = held
-        retries = [until - self._mono() for _, until in self._failed.values()]
+        # Only retries this round could act on: a held, verified or no longer wanted file's due
+        # time slips into the past unseen and would bring a round every second.
+        retry_for = {m.sha256 for m in manifest.media if m.id not in held and m.sha256 not in self._store.verified()}
+        retries = [until - self._mono() for sha, (_, until) in self._failed.items() if sha in retry_for]
         # A second into the window, so the next round finds it open.
         windows = [(hold.until - self._now()).total_seconds() + 1.0 for hold in held.values()]
         host_wait = self._hosts.earliest_s()
