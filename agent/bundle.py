@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from agent.config import Config, ConfigError, key_annotation, load_config, load_config_with
-from agent.configfiles import dropin_dir
+from agent.configfiles import BUNDLE_DROPIN, dropin_dir
 from agent.envelope import PROVISION_PAYLOAD_TYPE, TrustedKey, keyid_of, open_envelope
 from agent.files import atomic_write
 from agent.limits import clip, show_value
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 BUNDLE_SCHEMA = "bangtin.provision/1"
 MAX_BUNDLE_BYTES = 64 * 1024
-DROPIN_NAME = "50-provision.yaml"
+DROPIN_NAME = BUNDLE_DROPIN
 TOKEN_NAME = "provision.token"
 STATE_NAME = "provision.json"
 
@@ -175,6 +175,13 @@ def open_bundle(raw: bytes, path: Path, keys: Sequence[TrustedKey], own_key_b64:
     for section, why in NOT_FROM_BUNDLES.items():
         if section in config:
             raise BundleRefused("config", f"{where}: config.{section}: {why}")
+    security = config.get("security")
+    if isinstance(security, dict) and "provision_keys" in security:
+        # The keys that judge bundles are the installer's (agent.d/10-province.yaml, root's): a
+        # bundle that set them would outrank it (50- sorts after 10-), so a leaked bundle key
+        # could lock the province out, and re-running install.sh --province-key would do nothing.
+        raise BundleRefused("config", f"{where}: config.security.provision_keys: a bundle may not change the keys "
+                                      "that judge bundles (install.sh --province-key sets them)")
     relative = _relative_paths(config)
     if relative:
         raise BundleRefused("config", f"{where}: config.{relative[0]}: a bundle's file paths must be absolute "

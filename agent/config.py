@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from agent import configchecks as checks
 from agent.configchecks import Check, read_token_file, storage_dir_problem
 from agent.configfiles import (  # ConfigError is also this module's: every caller catches it from here
+    BUNDLE_DROPIN,
     ConfigError,
     describe_value,
     dropin_dir,
@@ -316,6 +317,7 @@ def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
     data, lines = read_yaml_file(file_path)
     origins: Origins = {key: (file_path, line) for key, line in lines.items()}
     dropins = dropin_files(file_path)
+    main_owner = os.stat(file_path).st_uid
     if replacing is not None:
         dropins = sorted({*(p for p in dropins if p.name != replacing), dropin_dir(file_path) / replacing})
     problems = []
@@ -335,6 +337,14 @@ def load_config_with(path: str | os.PathLike[str], replacing: str | None = None,
         if mode & 0o022:
             problems.append(_("{path}: others may change this config drop-in (mode {mode}; chmod go-w {path})").format(
                 path=dropin, mode=f"{stat.S_IMODE(mode):04o}"))
+            continue
+        owner = os.stat(dropin).st_uid
+        if dropin.name != BUNDLE_DROPIN and owner not in (0, main_owner):
+            # The service may write agent.d, but only the bundle's drop-in (a signed bundle put it
+            # there): a file of its own making must not set the board's source or keys for good.
+            problems.append(_("{path}: owned by uid {uid}, not by root or the owner of {config}; only the "
+                              "provisioning bundle's {bundle} may be the service's").format(
+                path=dropin, uid=owner, config=file_path, bundle=BUNDLE_DROPIN))
             continue
         layer, layer_lines = read_yaml_file(dropin)
         data = merge(data, layer)

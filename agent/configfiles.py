@@ -15,6 +15,8 @@ import yaml
 from agent.i18n import _
 from agent.limits import show_value
 
+BUNDLE_DROPIN = "50-provision.yaml"  # the drop-in a provisioning bundle writes (agent/bundle.py)
+
 
 class ConfigError(Exception):
     """Every problem found in a config file, one message per line."""

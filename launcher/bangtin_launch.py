@@ -52,6 +52,7 @@ TRIAL_READY_S = 30.0
 SHOWING_GRACE_S = 60.0
 POWER_CUT_RETRIES = 3
 STOP_GRACE_S = 20.0
+MAX_RESTARTS_WITHOUT_TRIAL = 3
 
 
 def log(message: str) -> None:
@@ -245,9 +246,17 @@ class Launcher:
             return 0
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
+            # Answer systemd's watchdog while the child takes its grace: a trial judged failed near
+            # the end of its READY deadline would otherwise leave the unit unfed for up to 20 s more.
+            ends = time.monotonic() + STOP_GRACE_S
+            while child.poll() is None and time.monotonic() < ends:
+                if self.watchdog_s is not None:
+                    self.notify(b"WATCHDOG=1")
+                try:
+                    child.wait(min(1.0, max(0.0, ends - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    pass
+            if child.poll() is None:
                 child.kill()
                 child.wait()
         return child.returncode
@@ -260,6 +269,7 @@ class Launcher:
         sock.setblocking(False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stop())
+        restarts_without_trial = 0
         while True:
             trial = self.pending_trial()
             release = Path(trial["path"]) if trial else self.current()
@@ -277,6 +287,13 @@ class Launcher:
                 continue  # a restart of the release on trial (or the rollback's previous release)
             if outcome == "stopped" or code != EXIT_RESTART:
                 return exit_status(code, stopped=outcome == "stopped")
+            restarts_without_trial = 0 if read_json(self.trial_path) else restarts_without_trial + 1
+            if restarts_without_trial >= MAX_RESTARTS_WITHOUT_TRIAL:
+                # A release that asks to be started again with no new release in place, again and again,
+                # would loop here (dark, and unseen by systemd): let systemd's pacing and journal have it.
+                log(f"the agent asked {restarts_without_trial} times in a row to be started again with no new "
+                    "release in place: giving it to systemd")
+                return 1
             # EXIT_RESTART: a new release is in place; start again.
 
     def supervise(self, sock: socket.socket, trial: dict[str, Any] | None) -> tuple[int, str, dict[str, Any] | None]:

@@ -199,9 +199,11 @@ if [ -e "$ETC/agent.yaml" ]; then
 else
     run install -m 0640 -o root -g "$SERVICE_USER" "$SRC/config/agent.example.yaml" "$ETC/agent.yaml"
 fi
-# agent.d: drop-ins merged over agent.yaml. The service owns the folder: a provisioning bundle is
-# written there (the unit's ReadWritePaths lets it through ProtectSystem=strict).
-run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$ETC/agent.d"
+# agent.d: drop-ins merged over agent.yaml. root's, group-writable for the service with the sticky
+# bit: the service can write a provisioning bundle's drop-in there (the unit's ReadWritePaths lets it
+# through ProtectSystem=strict) but cannot remove or replace root's files (10-province.yaml), and
+# the loader takes a service-owned drop-in only under the bundle's name (50-provision.yaml).
+run install -d -m 1770 -o root -g "$SERVICE_USER" "$ETC/agent.d"
 if [ ${#PROVINCE_KEYS[@]} -gt 0 ]; then
     write_province_keys "$ETC/agent.d/10-province.yaml"
 elif [ -e "$ETC/agent.d/10-province.yaml" ]; then

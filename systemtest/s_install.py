@@ -46,9 +46,9 @@ def install(board: Board, results: Results, breakage: str | None = None) -> None
         board.v.write("/tmp/agent.yaml", agent_config(board.source).encode())
         board.v.sh(f"cat /tmp/agent.yaml > {CONFIG} && rm /tmp/agent.yaml")
         board.v.sh(f"bangtin-agent check-config --config {CONFIG}", what="bangtin-agent check-config")
-        # agent.d: the service's, so a bundle can be written there; the province's keys: root's, 0640.
+        # agent.d: root's, writable by the service (sticky): a bundle can be written there, root's keys stay.
         owners = board.v.sh("stat -c '%U:%G %a %n' /etc/bangtin/agent.d /etc/bangtin/agent.d/10-province.yaml").splitlines()
-        if owners != ["bangtin:bangtin 750 /etc/bangtin/agent.d", "root:bangtin 640 /etc/bangtin/agent.d/10-province.yaml"]:
+        if owners != ["root:bangtin 1770 /etc/bangtin/agent.d", "root:bangtin 640 /etc/bangtin/agent.d/10-province.yaml"]:
             raise StepFailed("install: configure the board", f"agent.d as install.sh left it: {owners}")
         if province_key not in board.v.read("/etc/bangtin/agent.d/10-province.yaml").decode():
             raise StepFailed("install: configure the board", "10-province.yaml does not hold the --province-key")

@@ -85,6 +85,23 @@ def test_unknown_section_is_an_error_and_missing_identity_is_enrolment(tmp_path:
     assert "security.provision_keys: empty, so no provisioning bundle can enrol this board" in result.stdout
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_dropin_the_service_wrote_is_refused_unless_it_is_the_bundles(tmp_path: Path) -> None:
+    """On a board agent.d is the service's to write, for the bundle's drop-in only: a file the
+    service made itself (a compromised agent) must not set the source or keys for good."""
+    path = write(tmp_path, "device: {id: b1}\nsource: {url: 'file:///c'}\n")
+    dropins = tmp_path / "agent.d"
+    dropins.mkdir()
+    planted = dropins / "05-mine.yaml"
+    planted.write_text("source:\n  url: https://attacker.example/api\n")
+    os.chown(planted, 4321, 4321)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{planted}: owned by uid 4321, not by root or the owner of {path}" in str(caught.value)
+    planted.rename(dropins / "50-provision.yaml")  # the bundle's own drop-in, written by the service
+    assert load_config(path).source.url == "https://attacker.example/api"
+
+
 def test_dropins_merge_over_the_main_file_and_name_their_own_lines(tmp_path: Path) -> None:
     path = write(tmp_path, "device: {id: b1, groups: [a]}\nsource: {url: 'file:///c', poll_interval_s: 60}\n")
     dropins = tmp_path / "agent.d"

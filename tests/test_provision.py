@@ -178,6 +178,11 @@ def test_a_bundle_that_moves_storage_or_would_not_load_is_refused(tmp_path: Path
     on_the_stick = refusal_for(tmp_path, board_dir, public_key_b64, bundle(tmp_path, settings=("source.ca_file=ca.pem",)))
     assert "config.source.ca_file: a bundle's file paths must be absolute" in str(on_the_stick)
     (board_dir / "state" / "provision" / "bundle.json").unlink()
+    rekeyed = refusal_for(tmp_path, board_dir, public_key_b64, raw_bundle(
+        {"device": {"id": DEVICE}, "source": {"url": "https://tttn.example/api", "token": "t"},
+         "security": {"provision_keys": [public_key_b64]}}))
+    assert "config.security.provision_keys: a bundle may not change the keys that judge bundles" in str(rekeyed)
+    (board_dir / "state" / "provision" / "bundle.json").unlink()
     broken = refusal_for(tmp_path, board_dir, public_key_b64, raw_bundle(
         {"device": {"id": DEVICE}, "source": {"url": "https://tttn.example/api", "poll_interval_s": 2}}))
     assert broken.kind == "config"
