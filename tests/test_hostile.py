@@ -55,6 +55,7 @@ from tests.conftest import (
     write_config,
     write_png,
 )
+from tests.test_video import opened_renderer
 
 DEVICE = "vinhthuan-ubnd-01"
 T0 = dt.datetime(2026, 11, 26, 2, 0, tzinfo=dt.UTC)
@@ -144,14 +145,7 @@ def test_a_manifest_without_audience_cannot_lock_a_board_out_of_its_own_serials(
 
 @pytest.fixture
 def screen(tmp_path: Path) -> Iterator[tuple[Renderer, MediaStore]]:
-    pygame.display.init()
-    pygame.font.init()
-    store = MediaStore(tmp_path / "store")
-    store.open()
-    renderer = Renderer(DisplaySettings(640, 360, False, 30, 0, "BẢNG TIN", "b1"), store, PyAVBackend())
-    renderer.open()
-    yield renderer, store
-    renderer.close()
+    yield from opened_renderer(tmp_path, (640, 360), "b1")
 
 
 def drawn(renderer: Renderer, scene: Scene, mono: float = 0.0) -> Frame:

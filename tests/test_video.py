@@ -39,16 +39,21 @@ def parse(**changes: Any) -> Manifest:
                            last_serial=None)
 
 
-@pytest.fixture
-def renderer(tmp_path: Path) -> Iterator[tuple[Renderer, MediaStore]]:
+def opened_renderer(tmp_path: Path, size: tuple[int, int], device: str) -> Iterator[tuple[Renderer, MediaStore]]:
+    """A Renderer on the dummy driver over an empty verified store, closed after (a fixture's body)."""
     pygame.display.init()
     pygame.font.init()
     store = MediaStore(tmp_path / "store")
     store.open()
-    r = Renderer(DisplaySettings(320, 180, False, 30, 0, "BẢNG TIN", "b"), store, PyAVBackend())
+    r = Renderer(DisplaySettings(size[0], size[1], False, 30, 0, "BẢNG TIN", device), store, PyAVBackend())
     r.open()
     yield r, store
     r.close()
+
+
+@pytest.fixture
+def renderer(tmp_path: Path) -> Iterator[tuple[Renderer, MediaStore]]:
+    yield from opened_renderer(tmp_path, (320, 180), "b")
 
 
 def add(store: MediaStore, path: Path, media_id: str = "v1") -> dict[str, Any]:
